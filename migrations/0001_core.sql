@@ -35,8 +35,9 @@ CREATE TABLE pings (
     lead_id      uuid        NOT NULL REFERENCES leads (lead_id) ON DELETE CASCADE,
     buyer_id     text        NOT NULL,
     campaign_id  text        NOT NULL,
-    outcome      text        NOT NULL,
-    reason       text,
+    outcome      text        NOT NULL,   -- what the ping did: bid, no_bid, timeout, error, or why not pinged
+    reason       text        NOT NULL,   -- the campaign's end: sold, outbid, post_rejected, ... (named reasons)
+    detail       text,                   -- free text for operators, e.g. 'HTTP 500'
     price_cents  bigint,
     bid_id       text,
     latency_ms   integer,
@@ -58,7 +59,8 @@ CREATE TABLE posts (
     latency_ms     integer,
     created_at     timestamptz NOT NULL DEFAULT now(),
     settled_at     timestamptz,
-    settled_by     text
+    settled_by     text,
+    reservation    jsonb       -- the cap keys held by an unknown post, released if it settles as rejected
 );
 CREATE INDEX posts_lead ON posts (lead_id);
 CREATE INDEX posts_unknown ON posts (created_at) WHERE state = 'unknown';

@@ -8,10 +8,9 @@ prefix; nothing is flushed that the test did not create.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -117,8 +116,3 @@ async def redis_client(redis_url: str, redis_prefix: str) -> AsyncIterator[aiore
     if keys:
         await client.delete(*keys)
     await client.aclose()
-
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> Iterator[asyncio.AbstractEventLoopPolicy]:
-    yield asyncio.DefaultEventLoopPolicy()

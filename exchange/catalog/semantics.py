@@ -5,9 +5,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import zipcodes
-
 from exchange.catalog.models import Config, FieldSpec, Rule
+from exchange.routing.geo import coordinates
 
 Loc = tuple[str | int, ...]
 
@@ -33,7 +32,12 @@ def semantic_errors(config: Config) -> list[tuple[Loc, str]]:
                 continue
             radius = campaign.filters.radius
             if radius is not None and not _known_zip(radius.zip):
-                errors.append(((*loc, "filters", "radius", "zip"), f"unknown zip {radius.zip}"))
+                errors.append(
+                    (
+                        (*loc, "filters", "radius", "zip"),
+                        f"zip {radius.zip} is unknown or has no location",
+                    )
+                )
             for ri, rule in enumerate(campaign.filters.rules):
                 problem = rule_problem(rule, vertical.fields.get(rule.field))
                 if problem:
@@ -89,7 +93,5 @@ def _unique(section: str, values: list[str], what: str) -> list[tuple[Loc, str]]
 
 
 def _known_zip(code: str) -> bool:
-    try:
-        return bool(zipcodes.matching(code))
-    except (TypeError, ValueError):
-        return False
+    """A radius centre must be a zip we can place on the map."""
+    return coordinates(code) is not None

@@ -1,0 +1,80 @@
+"""POST /v1/leads: authenticate, guard the worker, hand the body to intake, map the result."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import orjson
+from fastapi import APIRouter, Request
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+from starlette.responses import Response
+
+from exchange.api.auth import require_publisher, runtime
+from exchange.api.problems import problem
+from exchange.intake.submit import submit_lead
+from exchange.intake.validate import Invalid
+from exchange.observability import record
+
+router = APIRouter()
+
+# Per worker: N workers admit up to N times the rate; the README says so.
+_limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+
+
+@router.post("/v1/leads", tags=["publishers"], summary="Submit a lead; answers within the deadline")
+async def post_lead(request: Request) -> Response:
+    arrival = time.monotonic()
+    rt = runtime(request)
+    publisher = require_publisher(rt, request)
+    settings = rt.catalog.settings
+    rate = RateLimitItemPerSecond(publisher.rate_per_second or settings.publisher_rate_per_second)
+    if not _limiter.hit(rate, publisher.id):
+        reset = _limiter.get_window_stats(rate, publisher.id).reset_time
+        record.refused("rate_limited")
+        retry = str(max(1, math.ceil(reset - time.time())))
+        return problem(
+            429, "Too many requests", "publisher rate limit", headers={"Retry-After": retry}
+        )
+    if rt.in_flight >= settings.max_leads_in_flight:
+        # Refuse at once rather than queue: queued leads would all miss their deadline.
+        record.refused("overload")
+        return problem(
+            503, "Service unavailable", "too many leads in flight", headers={"Retry-After": "1"}
+        )
+    raw = await _read_body(request, settings.max_body_bytes)
+    if raw is None:
+        return problem(
+            413, "Request too large", f"the body is limited to {settings.max_body_bytes} bytes"
+        )
+    idem = request.headers.get("idempotency-key")
+    if idem is not None and not 1 <= len(idem) <= 128:
+        return problem(400, "Bad request", "Idempotency-Key must be 1-128 characters")
+    rt.in_flight += 1
+    record.in_flight(rt.in_flight)
+    try:
+        answer = await submit_lead(rt, publisher, raw, idem, arrival)
+    except Invalid as exc:
+        return problem(422, "Invalid lead", "the lead has invalid fields", errors=exc.errors)
+    finally:
+        rt.in_flight -= 1
+        record.in_flight(rt.in_flight)
+    headers = {"Idempotent-Replayed": "true"} if answer.repeat else None
+    return Response(orjson.dumps(answer.body), media_type="application/json", headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None past ``limit`` bytes (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

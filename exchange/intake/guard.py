@@ -1,0 +1,125 @@
+"""Idempotency and duplicate checks in Redis, atomic across workers and machines.
+
+Idempotency: the first request for a ``(publisher, external_id)`` or ``Idempotency-Key``
+claims it; repeats wait for the first answer and get it verbatim. Dedupe: the same
+phone or email in a vertical within ``dedupe_days`` is a duplicate. Keys of one claim
+share a hash tag, so each script touches a single Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+_CLAIM = """
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if v then return v end
+end
+for i, k in ipairs(KEYS) do
+  redis.call('SET', k, ARGV[1], 'EX', ARGV[2])
+end
+return false
+"""
+
+_FINISH = """
+for i, k in ipairs(KEYS) do
+  redis.call('SET', k, ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
+
+PENDING = b"p:"
+DONE = b"d:"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Either ours to run (``first``), or the answer of the request that ran first."""
+
+    first: bool
+    lead_id: str | None = None
+    answer: dict[str, Any] | None = None
+
+
+class Guard:
+    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_s: int = 30 * 86400) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl = idempotency_ttl_s
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+        self._dedupe = redis.register_script(_CLAIM)
+
+    def idempotency_keys(
+        self, publisher_id: str, external_id: str | None, idempotency_key: str | None
+    ) -> list[str]:
+        base = f"{self._prefix}idem:{{{publisher_id}}}:"
+        keys = []
+        if external_id is not None:
+            keys.append(base + "ext:" + external_id)
+        if idempotency_key is not None:
+            keys.append(base + "key:" + idempotency_key)
+        return keys
+
+    async def claim(self, keys: list[str], lead_id: str) -> Claim:
+        """Claim the keys for ``lead_id``, or learn who has them."""
+        if not keys:
+            return Claim(first=True)
+        found = await self._claim(keys=keys, args=[PENDING + lead_id.encode(), self._ttl])
+        if found is None:
+            return Claim(first=True)
+        return _read_claim(_as_bytes(found))
+
+    async def wait_for_answer(self, keys: list[str], timeout_s: float) -> Claim:
+        """Poll until the first request has answered, or the time is up (then it is pending)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        delay = 0.005
+        while True:
+            raw = await self._redis.get(keys[0])
+            claim = _read_claim(_as_bytes(raw)) if raw is not None else Claim(first=False)
+            if claim.answer is not None or loop.time() >= end:
+                return claim
+            await asyncio.sleep(min(delay, max(0.0, end - loop.time())))
+            delay = min(delay * 2, 0.05)
+
+    async def finish(self, keys: list[str], answer: dict[str, Any]) -> None:
+        if keys:
+            await self._finish(keys=keys, args=[DONE + orjson.dumps(answer), self._ttl])
+
+    async def release(self, keys: list[str], lead_id: str) -> None:
+        """Give up a claim whose request failed before answering, so a retry can run."""
+        for key in keys:
+            raw = await self._redis.get(key)
+            if raw == PENDING + lead_id.encode():
+                await self._redis.delete(key)
+
+    async def check_duplicate(
+        self, vertical: str, phone: str, email: str | None, lead_id: str, days: int, test: bool
+    ) -> str | None:
+        """The earlier lead's id when the phone or email was seen in the window; else record this one."""
+        if days <= 0:
+            return None
+        space = "test:" if test else ""
+        base = f"{self._prefix}dd:{{{vertical}}}:{space}"
+        keys = [base + "p:" + phone]
+        if email:
+            keys.append(base + "e:" + email)
+        found = await self._dedupe(keys=keys, args=[lead_id, days * 86400])
+        return cast(bytes, found).decode() if found is not None else None
+
+
+def _read_claim(raw: bytes) -> Claim:
+    if raw.startswith(DONE):
+        answer = orjson.loads(raw[len(DONE) :])
+        return Claim(first=False, lead_id=answer.get("lead_id"), answer=answer)
+    return Claim(first=False, lead_id=raw[len(PENDING) :].decode())
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()

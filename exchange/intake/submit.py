@@ -1,0 +1,153 @@
+"""A publisher's lead from request body to answer: the whole intake path in one call.
+
+validate → claim idempotency → consent → dedupe → auction → record → answer. The route
+only maps the result to HTTP; everything the publisher relies on happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from exchange.auction.deadline import Deadline
+from exchange.auction.outcome import Outcome
+from exchange.auction.sell import sell
+from exchange.catalog.models import Publisher
+from exchange.intake.guard import Claim
+from exchange.intake.lead import FieldError, Lead
+from exchange.intake.validate import Invalid, parse_lead
+from exchange.money import fmt
+from exchange.observability import record
+from exchange.observability.logs import bind_lead
+from exchange.runtime import Runtime
+from exchange.store.leads import find_answer, save_lead
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: dict[str, Any]
+    repeat: bool = False
+
+
+async def submit_lead(
+    rt: Runtime, publisher: Publisher, raw: bytes, idempotency_key: str | None, arrival: float
+) -> Answer:
+    """Run one lead; raises ``Invalid`` for bad input (nothing is stored then)."""
+    catalog = rt.catalog
+    deadline = Deadline(catalog.settings.deadline_ms, started=arrival)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid([FieldError("(body)", f"not valid JSON: {exc}")]) from None
+    lead = parse_lead(
+        body,
+        publisher_id=publisher.id,
+        verticals=catalog.verticals,
+        received_at=datetime.now(UTC),
+        idempotency_key=idempotency_key,
+    )
+    keys = rt.guard.idempotency_keys(publisher.id, lead.external_id, idempotency_key)
+    claim = await rt.guard.claim(keys, lead.lead_id)
+    if not claim.first:
+        return Answer(await _earlier_answer(rt, keys, claim, deadline), repeat=True)
+    with bind_lead(lead.lead_id):
+        try:
+            if keys:
+                stored = await _stored_answer(rt, lead)
+                if stored is not None:
+                    await rt.guard.finish(keys, stored)
+                    return Answer(stored, repeat=True)
+            answer = await _run(rt, publisher, lead, deadline)
+        except BaseException:
+            await asyncio.shield(rt.guard.release(keys, lead.lead_id))
+            raise
+        await rt.guard.finish(keys, answer)
+        return Answer(answer)
+
+
+async def _run(rt: Runtime, publisher: Publisher, lead: Lead, deadline: Deadline) -> dict[str, Any]:
+    catalog = rt.catalog
+    vertical = catalog.verticals[lead.vertical]
+    if lead.consent.get("tcpa") is not True:
+        outcome = Outcome("rejected", "consent.tcpa must be true: no consent, no sale")
+    else:
+        earlier = await rt.guard.check_duplicate(
+            lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
+        )
+        if earlier is not None:
+            outcome = Outcome(
+                "duplicate",
+                f"same phone or email as lead {earlier} within {vertical.dedupe_days} days",
+            )
+        else:
+            outcome = await sell(rt.auction, catalog, publisher, lead, deadline)
+    duration_ms = round(deadline.elapsed_ms())
+    await _save(rt, lead, outcome, vertical.exclusive, duration_ms)
+    record.lead_done(lead, outcome, duration_ms / 1000)
+    log.info(
+        "lead answered",
+        extra={
+            "status": outcome.status,
+            "vertical": lead.vertical,
+            "publisher_id": lead.publisher_id,
+            "duration_ms": duration_ms,
+            "sales": len(outcome.sales),
+            "revenue_cents": outcome.revenue_cents,
+        },
+    )
+    answer: dict[str, Any] = {
+        "lead_id": lead.lead_id,
+        "status": outcome.status,
+        "payout": fmt(0 if lead.test else outcome.payout_cents),
+    }
+    if outcome.reason:
+        answer["reason"] = outcome.reason
+    return answer
+
+
+async def _save(
+    rt: Runtime, lead: Lead, outcome: Outcome, exclusive: bool, duration_ms: int
+) -> None:
+    """Record the lead and its story in one transaction; retried once on a lost connection,
+    because a buyer may already hold the lead and the sale must not go unrecorded."""
+    for attempt in (1, 2):
+        try:
+            async with rt.pool.acquire() as conn, conn.transaction():
+                await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
+            return
+        except (asyncpg.PostgresConnectionError, OSError):
+            if attempt == 2:
+                log.exception("lead could not be recorded", extra={"status": outcome.status})
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
+    """Redis had no claim: make sure Postgres has not seen this lead either (keys expire)."""
+    async with rt.pool.acquire() as conn:
+        return await find_answer(conn, lead.publisher_id, lead.external_id, lead.idempotency_key)
+
+
+async def _earlier_answer(
+    rt: Runtime, keys: list[str], claim: Claim, deadline: Deadline
+) -> dict[str, Any]:
+    if claim.answer is not None:
+        return claim.answer
+    waited = await rt.guard.wait_for_answer(keys, deadline.remaining_ms() / 1000)
+    if waited.answer is not None:
+        return waited.answer
+    lead_id = waited.lead_id or claim.lead_id
+    return {
+        "lead_id": lead_id,
+        "status": "pending",
+        "payout": "0.00",
+        "reason": "the first request with this id is still running",
+    }

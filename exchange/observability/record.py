@@ -1,0 +1,51 @@
+"""Turning one lead's outcome into metric updates, so the lead path makes one call."""
+
+from __future__ import annotations
+
+from exchange.auction.outcome import Outcome
+from exchange.intake.lead import Lead
+from exchange.observability.metrics import (
+    AUCTION_DURATION,
+    LEAD_DURATION,
+    LEADS,
+    LEADS_IN_FLIGHT,
+    LEADS_REFUSED,
+    MARGIN,
+    PAYOUT,
+    PING_LATENCY,
+    PINGS,
+    POSTS,
+    REVENUE,
+)
+
+_PINGED = frozenset({"bid", "no_bid", "timeout", "error"})
+
+
+def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
+    vertical = lead.vertical
+    LEADS.labels(vertical=vertical, status=outcome.status).inc()
+    LEAD_DURATION.labels(vertical=vertical, status=outcome.status).observe(duration_s)
+    if outcome.auction_ms is not None:
+        AUCTION_DURATION.labels(vertical=vertical).observe(outcome.auction_ms / 1000)
+    for c in outcome.campaigns:
+        # below_floor is a bid that could not win: count it as its own outcome.
+        label = "below_floor" if c.reason == "below_floor" else str(c.outcome)
+        PINGS.labels(buyer=c.buyer_id, outcome=label).inc()
+        if c.outcome in _PINGED and c.latency_ms is not None:
+            PING_LATENCY.labels(buyer=c.buyer_id).observe(c.latency_ms / 1000)
+    for p in outcome.posts:
+        POSTS.labels(buyer=p.buyer_id, outcome=p.state).inc()
+    if lead.test:
+        return  # test leads move no money
+    for s in outcome.sales:
+        REVENUE.labels(vertical=vertical, buyer=s.buyer_id).inc(s.price_cents)
+        PAYOUT.labels(vertical=vertical).inc(s.payout_cents)
+        MARGIN.labels(vertical=vertical).inc(s.price_cents - s.payout_cents)
+
+
+def refused(reason: str) -> None:
+    LEADS_REFUSED.labels(reason=reason).inc()
+
+
+def in_flight(count: int) -> None:
+    LEADS_IN_FLIGHT.set(count)

@@ -1,0 +1,147 @@
+"""Everything a worker process holds for its lifetime, opened and closed in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from exchange.auction.sell import AuctionDeps
+from exchange.catalog import Catalog, ConfigError
+from exchange.intake.guard import Guard
+from exchange.routing.caps import CapStore
+from exchange.routing.geo import warm as warm_geo
+from exchange.routing.health import BuyerHealth
+from exchange.settings import AppSettings
+from exchange.store.db import create_pool, migrate
+from exchange.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+class ReloadError(Exception):
+    """The new config could not be published to the other workers."""
+
+
+@dataclass
+class Runtime:
+    settings: AppSettings
+    catalog: Catalog
+    pool: asyncpg.Pool
+    redis: Redis
+    transport: Transport
+    guard: Guard
+    auction: AuctionDeps
+    paused: set[str] = field(default_factory=set)
+    in_flight: int = 0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, settings: AppSettings, catalog: Catalog) -> Runtime:
+        assert settings.database_url and settings.redis_url, "store URLs must be resolved first"
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
+        warm_geo()
+        pool = await create_pool(
+            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        redis = Redis.from_url(settings.redis_url, max_connections=512)
+        transport = Transport(max_answer_bytes=catalog.settings.max_body_bytes)
+        await transport.start()
+        prefix = settings.redis_prefix
+        caps = CapStore(redis, prefix)
+        paused: set[str] = set()
+        auction = AuctionDeps(transport, caps, redis, prefix, BuyerHealth(), paused)
+        guard = Guard(redis, prefix, settings.idempotency_days * 86400)
+        rt = cls(settings, catalog, pool, redis, transport, guard, auction, paused)
+        await rt.refresh_paused()
+        raw_version = await redis.get(f"{prefix}config:version")
+        catalog.version = int(raw_version) if raw_version is not None else 0
+        rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
+        return rt
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task the runtime keeps (and cancels at close)."""
+        self._tasks.append(asyncio.create_task(coro))
+
+    def swap_catalog(self, catalog: Catalog) -> None:
+        """Leads in flight keep the catalog they started with; new leads see this one."""
+        self.catalog = catalog
+
+    @property
+    def _version_key(self) -> str:
+        return f"{self.settings.redis_prefix}config:version"
+
+    async def reload(self) -> int:
+        """Load and validate the config dir, swap it in here, and tell the other workers.
+
+        A bad config raises ConfigError and changes nothing anywhere.
+        """
+        catalog = Catalog.load(self.settings.config_dir)
+        try:
+            version = int(await self.redis.incr(self._version_key))
+        except OSError as exc:
+            raise ReloadError(f"redis unreachable: {exc}") from exc
+        catalog.version = version
+        self.swap_catalog(catalog)
+        log.info("config reloaded", extra={"version": version, "campaigns": len(catalog.targets)})
+        return version
+
+    async def _follow_reloads(self) -> None:
+        """Reload when another worker has published a newer config version."""
+        raw = await self.redis.get(self._version_key)
+        version = int(raw) if raw is not None else 0
+        if version > self.catalog.version:
+            catalog = Catalog.load(self.settings.config_dir, version)
+            self.swap_catalog(catalog)
+            log.info("config reloaded (published by another worker)", extra={"version": version})
+
+    async def set_paused(self, campaign_id: str, paused: bool) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO campaign_state (campaign_id, paused, changed_at, changed_by)
+                   VALUES ($1, $2, now(), 'operator')
+                   ON CONFLICT (campaign_id)
+                   DO UPDATE SET paused = $2, changed_at = now(), changed_by = 'operator'""",
+                campaign_id,
+                paused,
+            )
+        if paused:
+            self.paused.add(campaign_id)
+        else:
+            self.paused.discard(campaign_id)
+
+    async def refresh_paused(self) -> None:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT campaign_id FROM campaign_state WHERE paused")
+        fresh = {r["campaign_id"] for r in rows}
+        self.paused.intersection_update(fresh)
+        self.paused.update(fresh)
+
+    async def _follow_others_forever(self) -> None:
+        # Another worker may pause a campaign or reload the config; this one follows
+        # within a second. A config that fails to load keeps the one in use.
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_paused()
+                await self._follow_reloads()
+            except (asyncpg.PostgresError, OSError, RedisError, ConfigError):
+                log.warning("could not follow other workers", exc_info=True)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.transport.close()
+        await self.redis.aclose()
+        await self.pool.close()

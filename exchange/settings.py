@@ -1,0 +1,26 @@
+"""Process settings from the environment (``EXCHANGE_*``); built once and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AppSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_", extra="ignore")
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    admin_token: str | None = None
+    config_dir: Path = Path("config")
+    # Every Redis key starts with this, so several exchanges (or test runs) share one Redis.
+    redis_prefix: str = "ex:"
+    data_dir: Path | None = None
+    migrate_on_start: bool = True
+    log_level: str = "INFO"
+    log_json: bool = True
+    db_pool_min: int = Field(2, ge=1)
+    db_pool_max: int = Field(20, ge=1)
+    idempotency_days: int = Field(30, ge=1, le=3650)
