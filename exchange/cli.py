@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--config", type=Path, default=None)
     demo.add_argument("--data-dir", type=Path, default=None)
     demo.add_argument("--no-live", action="store_true", help="print a summary only")
+    demo.add_argument("--summary-json", type=Path, default=None, help="also write the summary here")
 
     args = parser.parse_args(argv)
     handler = {
@@ -171,7 +172,8 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from exchange.demo.run import run_demo
 
-    return run_demo(args)
+    result: int = run_demo(args)
+    return result
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -61,6 +62,11 @@ class Runtime:
         auction = AuctionDeps(transport, caps, redis, prefix, BuyerHealth(), paused)
         guard = Guard(redis, prefix, settings.idempotency_days * 86400)
         rt = cls(settings, catalog, pool, redis, transport, guard, auction, paused)
+        if await caps.is_empty():
+            # Redis lost its counters (or never had them): Postgres holds the truth.
+            async with pool.acquire() as conn:
+                written = await caps.rebuild(conn, list(catalog.targets.values()), datetime.now(UTC))
+            log.info("cap counters rebuilt from Postgres", extra={"keys": written})
         await rt.refresh_paused()
         raw_version = await redis.get(f"{prefix}config:version")
         catalog.version = int(raw_version) if raw_version is not None else 0

@@ -25,8 +25,8 @@ import json
 import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from loadtests.result import ANSWER_STATUSES, LoadResult
 MakeLead = Callable[[int], Mapping[str, Any]]
 LEADS_PATH = "/v1/leads"
 _START_DELAY_S = 0.05  # after building the bodies, so the first send is not already late
-_PROCESS_START_S = 2.0  # time for worker processes to spawn and build their bodies
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,6 @@ class _Plan:
     buyer_max_ms: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     shard: tuple[int, int] = (0, 1)  # this process sends leads i with i % n == k
-    start_at: float | None = None  # wall-clock t0 shared by all processes
 
     @property
     def endpoint(self) -> str:
@@ -106,35 +104,52 @@ async def run_open_loop(
 
 
 async def _send_in_processes(plan: _Plan, processes: int) -> LoadResult:
-    start_at = time.time() + _PROCESS_START_S
-    loop = asyncio.get_running_loop()
+    """Each process builds its bodies, reports ready, then all start at one shared t0."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-        parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    pool,
-                    _send_in_process,
-                    _replace(plan, shard=(k, processes), start_at=start_at),
-                )
-                for k in range(processes)
-            )
+    pipes: list[Connection] = []
+    workers = []
+    for k in range(processes):
+        ours, theirs = ctx.Pipe()
+        worker = ctx.Process(
+            target=_process_main, args=(replace(plan, shard=(k, processes)), theirs)
         )
+        worker.start()
+        theirs.close()  # so a crashed worker shows as EOF on our end
+        pipes.append(ours)
+        workers.append(worker)
+    try:
+        await asyncio.to_thread(_receive_all, pipes)
+        start_at = time.time() + _START_DELAY_S
+        for pipe in pipes:
+            pipe.send(start_at)
+        parts: list[LoadResult] = await asyncio.to_thread(_receive_all, pipes)
+    finally:
+        for worker in workers:
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
+        for pipe in pipes:
+            pipe.close()
     result = parts[0]
     for part in parts[1:]:
         result.merge(part)
     return result
 
 
-def _replace(plan: _Plan, **changes: Any) -> _Plan:
-    return _Plan(**{**plan.__dict__, **changes})
+def _receive_all(pipes: list[Connection]) -> list[Any]:
+    try:
+        return [pipe.recv() for pipe in pipes]
+    except EOFError as exc:
+        raise RuntimeError("a generator process died; see its stderr") from exc
 
 
-def _send_in_process(plan: _Plan) -> LoadResult:
-    return _event_loop_runner().run(_send_all(plan))
+def _process_main(plan: _Plan, pipe: Connection) -> None:
+    with _event_loop_runner() as runner:
+        result = runner.run(_send_all(plan, pipe))
+    pipe.send(result)
 
 
-async def _send_all(plan: _Plan) -> LoadResult:
+async def _send_all(plan: _Plan, sync: Connection | None = None) -> LoadResult:
     k, n = plan.shard
     total = round(plan.rate * plan.duration_s)
     indexes = range(k, total, n)
@@ -142,8 +157,11 @@ async def _send_all(plan: _Plan) -> LoadResult:
     bodies = [orjson.dumps(plan.make_lead(i)) for i in indexes]
     result = LoadResult(plan.endpoint, plan.rate, plan.duration_s, plan.buyer_max_ms)
     loop = asyncio.get_running_loop()
-    delay = _START_DELAY_S if plan.start_at is None else plan.start_at - time.time()
-    t0 = loop.time() + delay
+    start_at = time.time() + _START_DELAY_S
+    if sync is not None:  # a worker process: t0 is shared by all, set once all are ready
+        sync.send("ready")
+        start_at = sync.recv()
+    t0 = loop.time() + (start_at - time.time())
     connector_limit = max(plan.connections // max(plan.sessions, 1), 1)
     clients = [_client(plan, connector_limit) for _ in range(max(plan.sessions, 1))]
     pending: set[asyncio.Task[None]] = set()

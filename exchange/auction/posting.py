@@ -16,7 +16,6 @@ from exchange.buyers.protocol import post_body, read_post_answer
 from exchange.buyers.signing import signed_headers
 from exchange.catalog import Target
 from exchange.intake.lead import Lead
-from exchange.routing.caps import Reservation
 from exchange.transport import Failure, Transport, TransportError
 
 
@@ -66,23 +65,4 @@ async def post_lead(
     return PostAttempt("unknown", Reason.POST_UNKNOWN, answer.reason, None, reply.latency_ms)
 
 
-def reservation_json(reservation: Reservation) -> dict[str, Any]:
-    """A reservation as stored with an unknown post, to be released if it settles as rejected."""
-    return {
-        "campaign_id": reservation.campaign_id,
-        "price_cents": reservation.price_cents,
-        "keys": list(reservation.keys),
-        "amounts": list(reservation.amounts),
-    }
-
-
-def reservation_from_json(data: dict[str, Any]) -> Reservation:
-    return Reservation(
-        campaign_id=str(data["campaign_id"]),
-        price_cents=int(data["price_cents"]),
-        keys=tuple(str(k) for k in data["keys"]),
-        amounts=tuple(int(a) for a in data["amounts"]),
-    )
-
-
-__all__ = ["Failure", "PostAttempt", "post_lead", "reservation_from_json", "reservation_json"]
+__all__ = ["Failure", "PostAttempt", "post_lead"]

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from exchange.auction.deadline import Deadline
 from exchange.auction.fanout import LeadPingView, PingRequest, PingResult, new_ping_id, ping_all
 from exchange.auction.outcome import CampaignResult, Outcome, PostResult, SaleResult
-from exchange.auction.posting import post_lead, reservation_json
+from exchange.auction.posting import post_lead
 from exchange.auction.ranking import flatten, order_group, price_for, rank
 from exchange.auction.types import Offer, RankRules, Reason
 from exchange.catalog import Catalog, Target
@@ -205,7 +205,7 @@ async def _try_offer(
             attempt.detail,
             attempt.buyer_lead_id,
             attempt.latency_ms,
-            reservation_json(reservation) if (held and reservation is not None) else None,
+            reservation.to_json() if (held and reservation is not None) else None,
         )
     )
     if attempt.state == "accepted":

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import asyncpg
 
 from exchange.auction.outcome import SaleResult
-from exchange.auction.posting import reservation_from_json
 from exchange.auction.sell import payout_for
 from exchange.catalog import Catalog
 from exchange.routing.caps import CapStore, Reservation
@@ -59,7 +58,7 @@ async def settle(
             exclusive = vertical.exclusive if vertical is not None else True
             await settlements.record_settled_sale(conn, lead, sale, exclusive=exclusive)
         elif post.reservation is not None:
-            release = reservation_from_json(post.reservation)
+            release = Reservation.from_json(post.reservation)
         status, payout_cents = await settlements.refresh_lead_status(conn, lead_id)
     if release is not None and not lead.test:
         await caps.release(release)

@@ -9,7 +9,7 @@ Usage::
 Both servers live under one data folder (``default_data_dir()`` unless told otherwise):
 ``pg/`` (the cluster), ``redis/`` (append-only file, pidfile), ``run/`` (sockets), ``logs/``.
 Every process that starts on a folder shares the servers already running there; the last
-one to stop (explicitly, at exit, on Ctrl-C or SIGTERM) shuts them down cleanly. An owner
+one to stop (explicitly, at exit, on Ctrl-C, SIGTERM or SIGHUP) shuts them down cleanly. An owner
 killed with SIGKILL leaves them running: the next start finds no live owner, stops those
 leftovers cleanly, and starts afresh.
 """
@@ -106,20 +106,25 @@ class EmbeddedStores:
         self._owner = owner
         self._urls = StoreUrls(_postgres.dsn(self._layout), _redis.url(self._layout))
         atexit.register(self.stop)
+        _ACTIVE.add(self)
         if self._handle_signals:
-            _exit_cleanly_on_termination()
+            _stop_on_termination()
         shared = f" (shared with {len(others)} other user(s))" if others else ""
         log.info("embedded stores ready in %s%s", self.data_dir, shared)
         return self._urls
 
     def stop(self) -> None:
         """Leave the servers; the last user stops them. Idempotent."""
+        self._leave(lock_timeout=120.0)
+
+    def _leave(self, lock_timeout: float) -> None:
         owner = self._owner
         # A forked child inherits this handle and its atexit hook: only the owner may stop.
         if owner is None or owner.pid != os.getpid():
             return
         atexit.unregister(self.stop)
-        with exclusive(self._layout.lock_file):
+        _ACTIVE.discard(self)
+        with exclusive(self._layout.lock_file, lock_timeout):
             remaining = [o for o in self._live_owners() if o.token != owner.token]
             write_owners(self._layout.owners_file, remaining)
             if remaining:
@@ -172,21 +177,35 @@ class EmbeddedStores:
             log.info("embedded stores stopped in %s", self.data_dir)
 
 
-def _exit_cleanly_on_termination() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit, so atexit stops the servers.
+# Handles started in this process and not stopped yet: what a SIGTERM must stop.
+_ACTIVE: set[EmbeddedStores] = set()
 
-    Only where Python would otherwise die on the spot (default handler, main thread); a
-    framework that installs its own handler (uvicorn) exits normally, which runs atexit too.
+
+def _stop_on_termination() -> None:
+    """Stop the stores on SIGTERM/SIGHUP, which would otherwise kill us without atexit.
+
+    Only where Python would die on the spot (default handler, main thread). The process
+    still dies by the signal afterwards, as it would have. A framework with handlers of its
+    own (uvicorn) exits normally, and atexit stops the stores then.
     """
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, _raise_system_exit)
+            signal.signal(signum, _stop_all_then_die)
 
 
-def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _stop_all_then_die(signum: int, frame: FrameType | None) -> None:
+    for stores in list(_ACTIVE):
+        try:
+            # Bounded: the signal may have interrupted this very thread inside the lock.
+            stores._leave(lock_timeout=5.0)
+        except Exception:
+            log.exception(
+                "embedded stores: could not stop %s; the next start will", stores.data_dir
+            )
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 async def ensure_database_async(dsn_admin: str, name: str) -> str:

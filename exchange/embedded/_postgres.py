@@ -44,6 +44,7 @@ def _pgserver_bin() -> Path:
 PG_BIN = _pgserver_bin()
 PG_USER = "postgres"
 PG_PORT = 5432  # names the socket file only: nothing listens on TCP
+SOCKET_NAME = f".s.PGSQL.{PG_PORT}"
 
 
 def dsn(layout: Layout, database: str = "postgres") -> str:
@@ -61,10 +62,12 @@ def start(layout: Layout, account: Account | None) -> None:
     _prepare(layout, account)
     if running(layout) is not None:
         return
-    # A postmaster.pid whose pid is dead (or a zombie, or reused) is stale and postgres would
-    # refuse it; dropping it is safe once no backend of the dead postmaster touches the data.
+    # Lock files naming a dead postmaster (or a zombie, or a reused pid) are stale and postgres
+    # would refuse them; dropping them is safe once no backend of the dead one touches the data.
     _stop_strays(layout)
     (layout.pgdata / "postmaster.pid").unlink(missing_ok=True)
+    (layout.sockets / f"{SOCKET_NAME}.lock").unlink(missing_ok=True)
+    (layout.sockets / SOCKET_NAME).unlink(missing_ok=True)
     log_file = layout.logs / "postgres.log"
     log.info("embedded stores: starting Postgres on %s (data %s)", layout.sockets, layout.pgdata)
     command = [str(PG_BIN / "postgres"), "-D", str(layout.pgdata), "-h", "", "-p", str(PG_PORT)]

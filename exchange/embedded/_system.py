@@ -170,25 +170,35 @@ def tail(path: Path, lines: int = 20) -> str:
 @contextmanager
 def exclusive(lock_file: Path, timeout: float = 120.0) -> Iterator[None]:
     """Hold the data folder's lock; other processes (and threads) wait their turn."""
-    with _THREAD_LOCK, open(lock_file, "a+b") as handle:
-        deadline = time.monotonic() + timeout
-        waiting_logged = False
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() > deadline:
-                raise EmbeddedStoreError(f"{lock_file} stayed locked for {timeout:.0f} s")
-            if not waiting_logged:
-                log.info("embedded stores: waiting for another process on %s", lock_file.parent)
-                waiting_logged = True
-            time.sleep(0.1)
-        yield
+    deadline = time.monotonic() + timeout
+    if not _THREAD_LOCK.acquire(timeout=timeout):
+        raise EmbeddedStoreError(f"{lock_file} stayed locked in this process for {timeout:.0f} s")
+    try:
+        with open(lock_file, "a+b") as handle:
+            _flock(handle.fileno(), lock_file, deadline)
+            yield
+    finally:
+        _THREAD_LOCK.release()
 
 
+def _flock(fd: int, lock_file: Path, deadline: float) -> None:
+    waiting_logged = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            raise EmbeddedStoreError(f"{lock_file} stayed locked by another process")
+        if not waiting_logged:
+            log.info("embedded stores: waiting for another process on %s", lock_file.parent)
+            waiting_logged = True
+        time.sleep(0.1)
+
+
+# Held with the flock: two fds of one process would block each other on flock.
 _THREAD_LOCK = threading.Lock()
 
 

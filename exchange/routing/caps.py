@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from exchange.catalog.index import Target
 from exchange.catalog.models import Caps
+from exchange.store.db import Conn
 from exchange.routing.schedule import Period, PeriodKeys, period_bounds, period_keys
 
 GRACE_S = 600  # longer than any post can take, so a late release still finds its keys
@@ -178,11 +179,10 @@ class CapStore:
         if not limits:
             return []
         tz = target.campaign.tz
-        periods = zones.get(tz) if zones is not None else None
+        cache = zones if zones is not None else {}
+        periods = cache.get(tz)
         if periods is None:
-            periods = period_keys(tz, now)
-            if zones is not None:
-                zones[tz] = periods
+            periods = cache[tz] = period_keys(tz, now)
         return [
             (
                 limit,
@@ -246,7 +246,7 @@ class CapStore:
         }
 
     async def rebuild(
-        self, conn: asyncpg.Connection, targets: Sequence[Target], now: datetime
+        self, conn: Conn, targets: Sequence[Target], now: datetime
     ) -> int:
         """Reset the current periods' counters from Postgres; returns the keys written.
 
