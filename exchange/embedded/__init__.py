@@ -85,7 +85,7 @@ class EmbeddedStores:
         return self._urls
 
     def start(self) -> StoreUrls:
-        """Start (or join) both servers; idempotent. Stops happen at exit if not called."""
+        """Start (or join) both servers; idempotent. Without a stop(), exit does it."""
         if self._urls is not None:
             return self._urls
         account = Account.for_postgres()
@@ -165,7 +165,7 @@ class EmbeddedStores:
         return live
 
     def _stop_servers(self, *, leftover: bool) -> None:
-        """Redis first: nothing in Postgres depends on it, and it flushes on SIGTERM."""
+        """Both shut down cleanly: Redis flushes its append-only file, Postgres checkpoints."""
         if leftover and (_redis.running(self._layout) or _postgres.running(self._layout)):
             log.warning(
                 "embedded stores: servers left by a dead process in %s, restarting them",

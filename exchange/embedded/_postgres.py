@@ -141,19 +141,16 @@ def _run(account: Account | None, program: str, args: list[str], cwd: Path, time
     """Run initdb, as the Postgres account when we are root."""
     command = [str(PG_BIN / program), *args]
     try:
-        if account is None:
-            subprocess.run(command, cwd=cwd, check=True, capture_output=True, timeout=timeout)
-        else:
-            subprocess.run(
-                command,
-                cwd=cwd,
-                check=True,
-                capture_output=True,
-                timeout=timeout,
-                user=account.uid,
-                group=account.gid,
-                extra_groups=[],
-            )
+        subprocess.run(
+            command,
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+            user=account.uid if account else None,
+            group=account.gid if account else None,
+            extra_groups=[] if account else None,
+        )
     except subprocess.CalledProcessError as exc:
         output = (exc.stderr or b"").decode(errors="replace").strip()
         raise EmbeddedStoreError(f"{program} failed ({exc.returncode}): {output}") from exc

@@ -27,11 +27,18 @@ SECRET = "baseline-secret"
 async def fleet() -> AsyncIterator[Fleet]:
     one_price = {"auto_insurance": (3000, 3000)}
     specs = [
-        BuyerSpec("low", secret=SECRET, bid_probability=1.0, prices_cents={"auto_insurance": (800, 900)}),
+        BuyerSpec(
+            "low", secret=SECRET, bid_probability=1.0, prices_cents={"auto_insurance": (800, 900)}
+        ),
         BuyerSpec("high", secret=SECRET, bid_probability=1.0, prices_cents=one_price),
         BuyerSpec("hang", secret=SECRET, mode="hang"),
         BuyerSpec("garbage", secret=SECRET, mode="garbage"),
-        BuyerSpec("late", secret=SECRET, latency=Latency.fixed(400), prices_cents={"auto_insurance": (9000, 9000)}),
+        BuyerSpec(
+            "late",
+            secret=SECRET,
+            latency=Latency.fixed(400),
+            prices_cents={"auto_insurance": (9000, 9000)},
+        ),
     ]
     async with await start_fleet(specs) as running:
         yield running
@@ -107,22 +114,19 @@ buyers:
 
 async def test_cli_processes_end_to_end() -> None:
     fleet_port, baseline_port = free_port(), free_port()
-    fleet = await asyncio.to_thread(
-        start_module,
-        "loadtests.fleet",
-        ["--buyers", "3", "--port", str(fleet_port), "--shared-port", "--secret", SECRET]
-        + ["--bid-probability", "1", "--latency", "5-15"],
-    )
+    fleet_args = f"--buyers 3 --port {fleet_port} --shared-port --secret {SECRET}"
+    fleet_args += " --bid-probability 1 --latency 5-15"
+    fleet = await asyncio.to_thread(start_module, "loadtests.fleet", fleet_args.split())
     baseline = None
     try:
         urls = [f"http://127.0.0.1:{fleet_port}/b0{i}" for i in (1, 2, 3)]
         args = ["--port", str(baseline_port), "--secret", SECRET, "--buyers-url", ",".join(urls)]
         baseline = await asyncio.to_thread(start_module, "loadtests.baseline", args)
         assert baseline.ready["url"] == f"http://127.0.0.1:{baseline_port}"
+        buyer_max_ms = fleet.ready["max_in_time_latency_ms"]
         result = await run_open_loop(
-            baseline.ready["url"], "any-key", rate=50, duration_s=1.0,
-            buyer_max_ms=fleet.ready["max_in_time_latency_ms"],
-        )  # fmt: skip
+            baseline.ready["url"], "any-key", 50, 1.0, buyer_max_ms=buyer_max_ms
+        )
         async with aiohttp.ClientSession() as http, http.get(fleet.ready["stats_url"]) as resp:
             totals = (await resp.json())["totals"]
     finally:

@@ -102,7 +102,9 @@ async def test_fleet_serves_the_configured_urls_and_checks_their_secrets(tmp_pat
         async with http.post(f"http://127.0.0.1:{port_a}/ping", data=ping, headers=headers) as r:
             assert r.status == 200 and (await r.json())["bid"] is True
         headers = sign_headers("plain", ping)
-        async with http.post(f"http://127.0.0.1:{port_b}/slow/ping", data=ping, headers=headers) as r:
+        async with http.post(
+            f"http://127.0.0.1:{port_b}/slow/ping", data=ping, headers=headers
+        ) as r:
             assert r.status == 200
         stats = fleet.stats()
     assert stats["acme"].pings == 1 and stats["slowpoke"].pings == 1

@@ -84,7 +84,10 @@ async def test_no_bid_reject_and_unbought_vertical(http: aiohttp.ClientSession) 
 async def test_bad_or_missing_signature_is_counted_and_can_be_refused(
     http: aiohttp.ClientSession,
 ) -> None:
-    specs = [BuyerSpec("lax", secret=SECRET), BuyerSpec("strict", secret=SECRET, enforce_signatures=True)]
+    specs = [
+        BuyerSpec("lax", secret=SECRET),
+        BuyerSpec("strict", secret=SECRET, enforce_signatures=True),
+    ]
     async with await start_fleet(specs) as fleet:
         assert (await _post(http, fleet.url_for("lax") + "/ping", PING, "wrong"))[0] == 200
         assert (await _post(http, fleet.url_for("lax") + "/ping", PING, None))[0] == 200
@@ -160,7 +163,9 @@ async def test_garbage_error_and_slow_modes(http: aiohttp.ClientSession) -> None
 async def test_flaky_errors_about_its_share(http: aiohttp.ClientSession) -> None:
     spec = FleetSpec([BuyerSpec("flaky", mode="flaky", error_rate=0.5)], seed=7)
     async with await start_fleet(spec) as fleet:
-        codes = [(await _post(http, fleet.url_for("flaky") + "/ping", PING, None))[0] for _ in range(60)]
+        codes = [
+            (await _post(http, fleet.url_for("flaky") + "/ping", PING, None))[0] for _ in range(60)
+        ]
     assert set(codes) == {200, 500}
     assert 15 <= codes.count(500) <= 45
 
@@ -169,7 +174,9 @@ async def test_latency_distribution_is_applied(http: aiohttp.ClientSession) -> N
     spec = BuyerSpec("steady", latency=Latency.uniform(40, 60))
     async with await start_fleet([spec]) as fleet:
         started = time.monotonic()
-        await asyncio.gather(*(_post(http, fleet.url_for("steady") + "/ping", PING, None) for _ in range(5)))
+        await asyncio.gather(
+            *(_post(http, fleet.url_for("steady") + "/ping", PING, None) for _ in range(5))
+        )
         elapsed = time.monotonic() - started
     assert 0.04 <= elapsed < 0.3  # concurrent, each 40-60 ms
     assert Latency.parse("20-50") == Latency.uniform(20, 50)
@@ -184,7 +191,9 @@ async def test_own_ports_custom_paths_and_in_time_reference(http: aiohttp.Client
         BuyerSpec("c", mode="hang", latency=Latency.fixed(500)),
     ]
     async with await start_fleet(specs) as fleet:
-        assert fleet.ping_url("a").endswith("/ping") and fleet.url_for("a") + "/ping" != fleet.ping_url("a")
+        assert fleet.ping_url("a").endswith("/ping") and fleet.url_for(
+            "a"
+        ) + "/ping" != fleet.ping_url("a")
         assert fleet.url_for("a").rsplit(":", 1)[1] != fleet.url_for("b").rsplit(":", 1)[1]
         for url in (fleet.ping_url("a"), fleet.url_for("a") + "/ping"):
             assert (await _post(http, url, PING, None))[0] == 200

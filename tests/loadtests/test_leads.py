@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import phonenumbers
 import pytest
 import zipcodes
@@ -17,6 +19,11 @@ REQUIRED = {
 }
 
 
+def _place(zip_code: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = zipcodes.matching(zip_code)  # type: ignore[no-untyped-call]
+    return found[0]
+
+
 def test_phones_emails_and_external_ids_are_unique_within_a_run() -> None:
     make = LeadFactory(run_id="uniq")
     leads = [make(i) for i in range(5000)]
@@ -27,7 +34,10 @@ def test_phones_emails_and_external_ids_are_unique_within_a_run() -> None:
 
 def test_runs_differ_and_a_run_repeats() -> None:
     assert LeadFactory(run_id="a")(3) == LeadFactory(run_id="a")(3)
-    assert LeadFactory(run_id="a")(3)["contact"]["phone"] != LeadFactory(run_id="b")(3)["contact"]["phone"]
+    assert (
+        LeadFactory(run_id="a")(3)["contact"]["phone"]
+        != LeadFactory(run_id="b")(3)["contact"]["phone"]
+    )
     assert LeadFactory().run_id != LeadFactory().run_id
 
 
@@ -38,7 +48,7 @@ def test_contacts_are_real_places_and_valid_phones() -> None:
         phone = phonenumbers.parse(contact["phone"])
         assert phonenumbers.is_valid_number(phone), contact["phone"]
         assert contact["phone"][5:8] != "555"
-        place = zipcodes.matching(contact["zip"])[0]
+        place = _place(contact["zip"])
         assert place["state"] == contact["state"]
         assert "@" in contact["email"] and contact["address"]
 
@@ -46,7 +56,7 @@ def test_contacts_are_real_places_and_valid_phones() -> None:
 @pytest.mark.parametrize("location", LOCATIONS)
 def test_each_location_is_consistent(location: tuple[str, str, str, str]) -> None:
     city, state, zip_code, area = location
-    place = zipcodes.matching(zip_code)[0]
+    place = _place(zip_code)
     assert (place["city"], place["state"]) == (city, state)
     assert area in place["area_codes"]
     assert phonenumbers.is_valid_number(phonenumbers.parse(f"+1{area}2345678"))

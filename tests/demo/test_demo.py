@@ -1,0 +1,43 @@
+"""`exchange demo` end to end: stores, fleet, traffic, and a summary that matches Postgres."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from tests.kit.exchange import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_demo_runs_and_its_summary_matches_postgres(
+    pg_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "summary.json"
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": pg_dsn, "EXCHANGE_REDIS_URL": redis_url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "exchange.cli", "demo", "--duration", "3", "--rate", "15",
+         "--no-live", "--port", str(free_port()), "--summary-json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = orjson.loads(out.read_bytes())
+    assert summary["leads"] >= 40  # 3 s at 15/s, open loop
+    assert summary["sold"] > 0
+    assert "http_500" not in summary["statuses"]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        revenue = await conn.fetchval("SELECT coalesce(sum(price_cents), 0) FROM sales")
+        leads = await conn.fetchval("SELECT count(*) FROM leads")
+        ledger = await conn.fetchval("SELECT coalesce(sum(amount_cents), 0) FROM ledger")
+    finally:
+        await conn.close()
+    assert summary["revenue_cents"] == revenue > 0
+    assert leads == summary["leads"]
+    assert ledger == 0
+    assert "demo summary" in proc.stdout
