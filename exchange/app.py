@@ -26,7 +26,7 @@ from exchange.settings import AppSettings
 
 
 def create_app(settings: AppSettings, catalog: Catalog | None = None) -> FastAPI:
-    """An app for these settings; the catalog is loaded from ``settings.config_dir`` if not given."""
+    """An app for these settings; the catalog comes from ``settings.config_dir`` if not given."""
     loaded = catalog or Catalog.load(settings.config_dir)
 
     @asynccontextmanager

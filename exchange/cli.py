@@ -93,7 +93,8 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     campaigns = sum(len(b.campaigns) for b in config.buyers)
     print(
-        f"{directory}: ok — {len(config.verticals)} verticals, {len(config.publishers)} publishers, "
+        f"{directory}: ok — {len(config.verticals)} verticals, "
+        f"{len(config.publishers)} publishers, "
         f"{len(config.buyers)} buyers, {campaigns} campaigns"
     )
     return 0

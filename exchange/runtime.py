@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from exchange.auction.sell import AuctionDeps
 from exchange.catalog import Catalog, ConfigError
 from exchange.intake.guard import Guard
+from exchange.observability import record
 from exchange.routing.caps import CapStore
 from exchange.routing.geo import warm as warm_geo
 from exchange.routing.health import BuyerHealth
@@ -65,12 +66,14 @@ class Runtime:
         if await caps.is_empty():
             # Redis lost its counters (or never had them): Postgres holds the truth.
             async with pool.acquire() as conn:
-                written = await caps.rebuild(conn, list(catalog.targets.values()), datetime.now(UTC))
+                targets = list(catalog.targets.values())
+                written = await caps.rebuild(conn, targets, datetime.now(UTC))
             log.info("cap counters rebuilt from Postgres", extra={"keys": written})
         await rt.refresh_paused()
         raw_version = await redis.get(f"{prefix}config:version")
         catalog.version = int(raw_version) if raw_version is not None else 0
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
+        rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))
         return rt
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -141,6 +144,17 @@ class Runtime:
                 await self._follow_reloads()
             except (asyncpg.PostgresError, OSError, RedisError, ConfigError):
                 log.warning("could not follow other workers", exc_info=True)
+
+    async def _sample_gauges_forever(self, every_s: float = 5.0) -> None:
+        # Gauges that would cost a Redis call per lead are sampled here instead.
+        while True:
+            try:
+                targets = self.catalog.targets.values()
+                record.throttled(self.catalog.buyers, self.auction.health.throttled())
+                await record.sample_caps(self.auction.caps, targets)
+            except (RedisError, OSError):
+                record.store_error("redis", "sample_caps")
+            await asyncio.sleep(every_s)
 
     async def close(self) -> None:
         for task in self._tasks:

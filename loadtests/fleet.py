@@ -66,11 +66,9 @@ class _Listener:
 class Fleet:
     """A running fleet. Build it with :func:`start_fleet`; close it with :meth:`close`."""
 
-    def __init__(
-        self, buyers: dict[str, SimBuyer], homes: dict[str, str], closing: asyncio.Event
-    ) -> None:
+    def __init__(self, buyers: dict[str, SimBuyer], closing: asyncio.Event) -> None:
         self._buyers = buyers
-        self._homes = homes  # buyer_id -> "http://host:port"
+        self._homes: dict[str, str] = {}  # buyer_id -> "http://host:port", set once bound
         self._closing = closing
         self._runners: list[web.AppRunner] = []
 
@@ -117,7 +115,7 @@ class Fleet:
             "max_in_time_latency_ms": self.max_in_time_latency_ms(),
             "buyers": {
                 buyer_id: {
-                    "ping_url": self.ping_url(buyer_id),
+                    "ping_url": None if _post_only(b.spec) else self.ping_url(buyer_id),
                     "post_url": self.post_url(buyer_id),
                     "mode": b.spec.mode,
                     "timeout_ms": b.spec.timeout_ms,
@@ -141,7 +139,7 @@ class Fleet:
     async def _serve(self, listener: _Listener, port: int) -> None:
         """Bind ``port`` (0 = any free one) and serve the listener's buyers on it."""
         app = web.Application()
-        _add_routes(app, self, listener)
+        _add_routes(app, self, listener, port)
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
@@ -193,7 +191,7 @@ async def start_fleet(specs: FleetSpec | Sequence[BuyerSpec], host: str = "127.0
         key = _listener_key(spec, fleet_spec)
         listener = listeners.setdefault(key, _Listener(str(key[0]), 0))
         listener.buyers[spec.buyer_id] = buyer
-    fleet = Fleet(buyers, {}, closing)
+    fleet = Fleet(buyers, closing)
     try:
         for key, listener in listeners.items():
             port = key[1] if isinstance(key[1], int) else 0
@@ -212,7 +210,7 @@ def _listener_key(spec: BuyerSpec, fleet_spec: FleetSpec) -> tuple[str, int | st
     return (host, spec.port if spec.port else f"own:{spec.buyer_id}")
 
 
-def _add_routes(app: web.Application, fleet: Fleet, listener: _Listener) -> None:
+def _add_routes(app: web.Application, fleet: Fleet, listener: _Listener, port: int) -> None:
     taken: set[str] = set()
     for buyer in listener.buyers.values():
         for path, handler in (
@@ -222,7 +220,7 @@ def _add_routes(app: web.Application, fleet: Fleet, listener: _Listener) -> None
             if path is None:
                 continue
             if path in taken:
-                raise ValueError(f"{listener.host}:{listener.port}{path} is served twice")
+                raise ValueError(f"{listener.host}:{port}{path} is served twice")
             taken.add(path)
             app.router.add_post(path, handler)
 
@@ -243,6 +241,11 @@ def _add_routes(app: web.Application, fleet: Fleet, listener: _Listener) -> None
     app.router.add_post("/{buyer_id}/{kind:ping|post}", by_id)
     app.router.add_get("/_stats", stats)
     app.router.add_post("/_reset", reset)
+
+
+def _post_only(spec: BuyerSpec) -> bool:
+    """A config buyer with a post_url but no ping_url: the exchange never pings it."""
+    return spec.post_path is not None and spec.ping_path is None
 
 
 def mode_for(buyer_id: str) -> tuple[Mode, dict[str, Any]]:

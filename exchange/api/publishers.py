@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import time
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Request
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from exchange.api.auth import require_publisher, runtime
@@ -19,6 +21,7 @@ from exchange.intake.validate import Invalid
 from exchange.observability import record
 
 router = APIRouter()
+_RETRY = {"Retry-After": "1"}
 
 # Per worker: N workers admit up to N times the rate; the README says so.
 _limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
@@ -58,6 +61,13 @@ async def post_lead(request: Request) -> Response:
         answer = await submit_lead(rt, publisher, raw, idem, arrival)
     except Invalid as exc:
         return problem(422, "Invalid lead", "the lead has invalid fields", errors=exc.errors)
+    except RedisError:
+        # Without Redis no cap, dedupe or idempotency can be promised: refuse, do not guess.
+        record.store_error("redis", "lead")
+        return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
+    except (asyncpg.PostgresError, OSError):
+        record.store_error("postgres", "lead")
+        return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
     finally:
         rt.in_flight -= 1
         record.in_flight(rt.in_flight)

@@ -59,7 +59,8 @@ class Tally:
                 ids,
             )
             sold = await conn.fetchval(
-                "SELECT count(*) FROM leads WHERE lead_id = ANY($1::uuid[]) AND status = 'sold'", ids
+                "SELECT count(*) FROM leads WHERE lead_id = ANY($1::uuid[]) AND status = 'sold'",
+                ids,
             )
             buyers = await conn.fetch(
                 """SELECT buyer_id, count(*) AS wins, sum(price_cents) AS spend FROM sales
@@ -82,7 +83,10 @@ class Tally:
             "p50_ms": round(self.percentile(0.5), 1),
             "p99_ms": round(self.percentile(0.99), 1),
             "seconds": round(elapsed, 1),
-            "buyers": {r["buyer_id"]: {"wins": int(r["wins"]), "spend_cents": int(r["spend"])} for r in buyers},
+            "buyers": {
+                r["buyer_id"]: {"wins": int(r["wins"]), "spend_cents": int(r["spend"])}
+                for r in buyers
+            },
         }
 
 

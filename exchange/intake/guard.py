@@ -102,7 +102,7 @@ class Guard:
     async def check_duplicate(
         self, vertical: str, phone: str, email: str | None, lead_id: str, days: int, test: bool
     ) -> str | None:
-        """The earlier lead's id when the phone or email was seen in the window; else record this one."""
+        """The earlier lead id if this phone or email was seen in the window; else claim them."""
         if days <= 0:
             return None
         space = "test:" if test else ""

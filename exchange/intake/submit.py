@@ -18,6 +18,7 @@ import orjson
 from exchange.auction.deadline import Deadline
 from exchange.auction.outcome import Outcome
 from exchange.auction.sell import sell
+from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim
 from exchange.intake.lead import FieldError, Lead
@@ -65,7 +66,7 @@ async def submit_lead(
                 if stored is not None:
                     await rt.guard.finish(keys, stored)
                     return Answer(stored, repeat=True)
-            answer = await _run(rt, publisher, lead, deadline)
+            answer = await _run(rt, catalog, publisher, lead, deadline)
         except BaseException:
             await asyncio.shield(rt.guard.release(keys, lead.lead_id))
             raise
@@ -73,8 +74,10 @@ async def submit_lead(
         return Answer(answer)
 
 
-async def _run(rt: Runtime, publisher: Publisher, lead: Lead, deadline: Deadline) -> dict[str, Any]:
-    catalog = rt.catalog
+async def _run(
+    rt: Runtime, catalog: Catalog, publisher: Publisher, lead: Lead, deadline: Deadline
+) -> dict[str, Any]:
+    # One catalog for the whole lead: a reload mid-lead must not mix two configs.
     vertical = catalog.verticals[lead.vertical]
     if lead.consent.get("tcpa") is not True:
         outcome = Outcome("rejected", "consent.tcpa must be true: no consent, no sale")

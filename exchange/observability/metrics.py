@@ -6,7 +6,10 @@ bounded (buyer, vertical, campaign, outcome, status, route template), never a le
 With ``exchange serve --workers N`` each worker is its own process: ``serve`` calls
 :func:`prepare_multiprocess_dir` before the workers start, every worker then writes its
 values to memory-mapped files there, and :func:`render_metrics` sums them, so one scrape
-of any worker reports the whole server.
+of any worker reports the whole server. Process metrics (``process_cpu_seconds_total``,
+``process_resident_memory_bytes``, ...) cannot be summed from files, so in that mode they
+come from ``/proc`` of every live worker, one series per ``pid`` label; dashboards use
+``sum(rate(process_cpu_seconds_total[...]))``, which is right in both modes.
 
 Usage::
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -231,9 +233,9 @@ def prepare_multiprocess_dir(path: Path) -> None:
     Call it in the parent before any worker starts: the workers inherit the environment
     and must import prometheus_client with the variable already set.
     """
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):  # only our files: the path may be shared, e.g. /tmp
+        stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
 from exchange.auction.outcome import Outcome
+from exchange.catalog import Target
 from exchange.intake.lead import Lead
 from exchange.observability.metrics import (
     AUCTION_DURATION,
+    CAP_USAGE,
     LEAD_DURATION,
     LEADS,
     LEADS_IN_FLIGHT,
@@ -15,8 +20,11 @@ from exchange.observability.metrics import (
     PING_LATENCY,
     PINGS,
     POSTS,
+    REDIS_ERRORS,
     REVENUE,
+    THROTTLED,
 )
+from exchange.routing.caps import CapStore
 
 _PINGED = frozenset({"bid", "no_bid", "timeout", "error"})
 
@@ -49,3 +57,26 @@ def refused(reason: str) -> None:
 
 def in_flight(count: int) -> None:
     LEADS_IN_FLIGHT.set(count)
+
+
+def store_error(store: str, op: str) -> None:
+    """A store call that failed; Redis ones feed ``exchange_redis_errors_total``."""
+    if store == "redis":
+        REDIS_ERRORS.labels(op=op).inc()
+
+
+def throttled(buyers: Iterable[str], throttled_now: frozenset[str]) -> None:
+    for buyer in buyers:
+        THROTTLED.labels(buyer=buyer).set(1 if buyer in throttled_now else 0)
+
+
+async def sample_caps(caps: CapStore, targets: Iterable[Target]) -> None:
+    """Copy each capped campaign's usage share into ``exchange_campaign_cap_usage_ratio``."""
+    now = datetime.now(UTC)
+    for target in targets:
+        if target.campaign.caps.empty:
+            continue
+        for name, (used, limit) in (await caps.usage(target, now)).items():
+            CAP_USAGE.labels(campaign=target.campaign.id, period=name).set(
+                used / limit if limit else 1.0
+            )

@@ -32,13 +32,12 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-import asyncpg
 from redis.asyncio import Redis
 
 from exchange.catalog.index import Target
 from exchange.catalog.models import Caps
-from exchange.store.db import Conn
 from exchange.routing.schedule import Period, PeriodKeys, period_bounds, period_keys
+from exchange.store.db import Conn
 
 GRACE_S = 600  # longer than any post can take, so a late release still finds its keys
 
@@ -245,9 +244,7 @@ class CapStore:
             for (limit, _, _), v in zip(slots, values, strict=True)
         }
 
-    async def rebuild(
-        self, conn: Conn, targets: Sequence[Target], now: datetime
-    ) -> int:
+    async def rebuild(self, conn: Conn, targets: Sequence[Target], now: datetime) -> int:
         """Reset the current periods' counters from Postgres; returns the keys written.
 
         Run it before traffic (or with traffic stopped): it overwrites, so a reservation

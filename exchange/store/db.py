@@ -48,7 +48,7 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     Safe to run twice and from two processes at once: an advisory lock serializes them
     and each file runs in its own transaction with its bookkeeping row.
     """
-    files = sorted(p for p in directory.glob("*.sql") if p.name[:4].isdigit())
+    files = sorted(p for p in directory.glob("*.sql") if p.name[:4].isdigit())  # noqa: ASYNC240
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []
     try:
@@ -63,7 +63,7 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 if path.name in done:
                     continue
                 async with conn.transaction():
-                    await conn.execute(path.read_text(encoding="utf-8"))  # noqa: ASYNC240 tiny local files
+                    await conn.execute(path.read_text(encoding="utf-8"))
                     await conn.execute(
                         "INSERT INTO schema_migrations (name) VALUES ($1)", path.name
                     )

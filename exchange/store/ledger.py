@@ -55,7 +55,8 @@ async def write_entries(
     payout_cents: int,
 ) -> None:
     await conn.executemany(
-        "INSERT INTO ledger (sale_id, lead_id, account, kind, amount_cents) VALUES ($1,$2,$3,$4,$5)",
+        """INSERT INTO ledger (sale_id, lead_id, account, kind, amount_cents)
+           VALUES ($1, $2, $3, $4, $5)""",
         [
             (sale_id, lead_id, f"buyer:{buyer_id}", "buyer_charge", -price_cents),
             (sale_id, lead_id, f"publisher:{publisher_id}", "publisher_payout", payout_cents),

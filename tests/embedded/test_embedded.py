@@ -103,7 +103,7 @@ def owners() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in spawned:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate(timeout=30)  # reaps it and closes its pipes
 
 
 def _spawn_owner(

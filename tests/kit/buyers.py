@@ -91,7 +91,9 @@ class Buyer:
             return web.Response(text="ok!")
         if mode == "reject":
             return web.json_response({"accepted": False, "reason": "duplicate in our CRM"})
-        return web.json_response({"accepted": True, "buyer_lead_id": f"{self.buyer_id}-L{len(self.posts)}"})
+        return web.json_response(
+            {"accepted": True, "buyer_lead_id": f"{self.buyer_id}-L{len(self.posts)}"}
+        )
 
     async def start(self) -> Buyer:
         app = web.Application()
@@ -102,8 +104,8 @@ class Buyer:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        assert isinstance(server, asyncio.Server) and server.sockets
+        self.port = int(server.sockets[0].getsockname()[1])
         return self
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,8 +40,13 @@ def campaign(buyer: Buyer, **fields: Any) -> dict[str, Any]:
     return {"id": f"{buyer.buyer_id}-c", "vertical": "auto_insurance", **fields}
 
 
-def buyer_entry(buyer: Buyer, campaigns: Sequence[dict[str, Any]] | None = None,
-                *, post_only: bool = False, timeout_ms: int = 250) -> dict[str, Any]:
+def buyer_entry(
+    buyer: Buyer,
+    campaigns: Sequence[dict[str, Any]] | None = None,
+    *,
+    post_only: bool = False,
+    timeout_ms: int = 250,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": buyer.buyer_id,
         "secret": buyer.secret,
@@ -61,7 +67,12 @@ def make_config(
 ) -> Config:
     return Config.model_validate(
         {
-            "settings": {"tmax_ms": 300, "post_timeout_ms": 1000, "deadline_ms": 3000, **(settings or {})},
+            "settings": {
+                "tmax_ms": 300,
+                "post_timeout_ms": 1000,
+                "deadline_ms": 3000,
+                **(settings or {}),
+            },
             "verticals": {
                 "auto_insurance": {
                     "mode": "auction",
@@ -130,8 +141,34 @@ class RunningExchange:
             "/v1/leads", json=body, headers={"Authorization": f"Bearer {key}", **headers}
         )
 
+    async def submit_raw(
+        self, raw: bytes, key: str | None = PUB_KEY, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """POST bytes as they are (not JSON-encoded); ``key=None`` sends no Authorization."""
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if key is not None:
+            sent["Authorization"] = f"Bearer {key}"
+        return await self.client.post("/v1/leads", content=raw, headers=sent)
+
+    async def get_lead(self, lead_id: str, key: str) -> httpx.Response:
+        return await self.client.get(
+            f"/v1/leads/{lead_id}", headers={"Authorization": f"Bearer {key}"}
+        )
+
+    async def settle(
+        self, lead_id: str, buyer_id: str, accepted: bool, token: str | None = ADMIN
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return await self.client.post(
+            f"/v1/leads/{lead_id}/settle",
+            json={"buyer_id": buyer_id, "accepted": accepted},
+            headers=headers,
+        )
+
     async def story(self, lead_id: str) -> dict[str, Any]:
-        resp = await self.client.get(f"/v1/leads/{lead_id}", headers={"Authorization": f"Bearer {ADMIN}"})
+        resp = await self.client.get(
+            f"/v1/leads/{lead_id}", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
         assert resp.status_code == 200, resp.text
         data: dict[str, Any] = resp.json()
         return data
@@ -152,12 +189,14 @@ async def start_exchange(
         admin_token=ADMIN,
         migrate_on_start=False,
         log_json=False,
-        config_dir=config_dir,  # type: ignore[arg-type]
+        config_dir=Path(config_dir),
     )
     app = create_app(settings, Catalog(config))
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

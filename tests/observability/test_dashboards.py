@@ -28,6 +28,7 @@ NAME = re.compile(r"\b((?:exchange|process)_[a-z0-9_]+)\b")
 SELECTOR = re.compile(r"\b((?:exchange|process)_[a-z0-9_]+)\s*\{([^}]*)\}")
 MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+LABEL_VALUES = re.compile(r"label_values\(\s*([a-z0-9_]+)\s*,\s*([a-zA-Z0-9_]+)\s*\)")
 LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 
@@ -95,8 +96,14 @@ def check_query(expr: str, legend: str) -> list[str]:
     for group in GROUPING.findall(expr):
         used = {label.strip() for label in group.split(",") if label.strip()}
         problems += [f"grouping by unknown label {label}" for label in sorted(used - allowed)]
-    problems += [f"legend uses unknown label {label}" for label in LEGEND.findall(legend)]
-    return [p for p in problems if not p.startswith("legend") or p.split()[-1] not in allowed]
+    for name, label in LABEL_VALUES.findall(expr):
+        if label not in SERIES.get(name, frozenset()):
+            problems.append(f"label_values of unknown label {label}")
+    return problems + [
+        f"legend uses unknown label {label}"
+        for label in LEGEND.findall(legend)
+        if label not in allowed
+    ]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.stem for p in DASHBOARDS])
@@ -133,6 +140,7 @@ def test_the_checker_catches_typos() -> None:
     assert check_query('sum(rate(exchange_leads_total{vertcal="x"}[1m]))', "")
     assert check_query("sum by (buyer_id) (rate(exchange_pings_total[1m]))", "")
     assert check_query("sum(rate(exchange_pings_total[1m]))", "{{campaign}}")
+    assert check_query("label_values(exchange_pings_total, buyer_id)", "")
     assert not check_query(
         'sum by (buyer, le) (rate(exchange_ping_latency_seconds_bucket{buyer=~"$buyer"}[5m]))',
         "{{buyer}}",

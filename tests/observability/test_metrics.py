@@ -116,11 +116,13 @@ def multiproc_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield directory
 
 
-def test_prepare_multiprocess_dir_wipes_stale_files(tmp_path: Path, multiproc_dir: Path) -> None:
+def test_prepare_multiprocess_dir_wipes_stale_files(multiproc_dir: Path) -> None:
     stale = multiproc_dir / "counter_999999.db"
     stale.write_bytes(b"stale")
+    unrelated = multiproc_dir / "notes.txt"
+    unrelated.write_text("not ours")
     metrics.prepare_multiprocess_dir(multiproc_dir)
-    assert multiproc_dir.is_dir() and not list(multiproc_dir.iterdir())
+    assert [p.name for p in multiproc_dir.iterdir()] == ["notes.txt"]
     assert os.environ[metrics.MULTIPROC_ENV] == str(multiproc_dir)
 
 
