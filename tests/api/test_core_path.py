@@ -120,7 +120,7 @@ async def test_pings_carry_no_personal_values(market: OpenMarket) -> None:
     for buyer in m.buyers.values():
         [raw] = buyer.raw_pings
         text = raw.decode().lower()
-        leaked = [s for s in secrets if s in text or s in re.sub(r"\D", "", text)[:0]]
+        leaked = [s for s in secrets if s in text]
         assert leaked == [], f"{buyer.buyer_id} saw {leaked} in {raw!r}"
         [ping] = buyer.pings
         assert set(ping) == PING_KEYS
