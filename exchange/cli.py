@@ -73,8 +73,12 @@ def resolve_stores(settings: AppSettings) -> None:
         return
     from exchange.embedded import EmbeddedStores
 
+    from exchange.embedded import ensure_database
+
     urls = EmbeddedStores(settings.data_dir).start()
-    settings.database_url = settings.database_url or urls.database_url
+    # The exchange's tables live in a database of their own, not in the server's default one.
+    database_url = ensure_database(urls.database_url, "exchange")
+    settings.database_url = settings.database_url or database_url
     settings.redis_url = settings.redis_url or urls.redis_url
 
 
