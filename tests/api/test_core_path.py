@@ -183,6 +183,7 @@ async def test_unreadable_ping_answers_are_errors_and_never_win(market: OpenMark
     by_buyer = record.ping_by_buyer
     assert all(by_buyer[b]["price_cents"] is None for b in ("junk", "boom", "huge"))
     assert "500" in (by_buyer["boom"]["detail"] or "")
+    assert "bytes" in (by_buyer["huge"]["detail"] or ""), by_buyer["huge"]
     assert_ledger_balanced(record)
 
 
