@@ -71,9 +71,7 @@ def resolve_stores(settings: AppSettings) -> None:
     """Fill in missing store URLs by starting the embedded servers (stopped at exit)."""
     if settings.database_url and settings.redis_url:
         return
-    from exchange.embedded import EmbeddedStores
-
-    from exchange.embedded import ensure_database
+    from exchange.embedded import EmbeddedStores, ensure_database
 
     urls = EmbeddedStores(settings.data_dir).start()
     # The exchange's tables live in a database of their own, not in the server's default one.

@@ -123,7 +123,7 @@ async def _save(
     because a buyer may already hold the lead and the sale must not go unrecorded."""
     for attempt in (1, 2):
         try:
-            async with rt.pool.acquire() as conn, conn.transaction():
+            async with rt.pool.acquire() as conn:
                 await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
             return
         except (asyncpg.PostgresConnectionError, OSError):

@@ -1,5 +1,4 @@
-"""Repository for leads and everything that happened to them. Plain SQL; callers own the
-transaction, so a lead, its pings, posts, sales and ledger rows land together or not at all."""
+"""Repository for leads and everything that happened to them. Plain SQL."""
 
 from __future__ import annotations
 
@@ -8,45 +7,85 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from exchange.auction.outcome import Outcome, SaleResult
 from exchange.intake.lead import Lead
 from exchange.store.db import Conn
-from exchange.store.ledger import record_sale
 
-_PING_COLUMNS = (
-    "ping_id",
-    "lead_id",
-    "buyer_id",
-    "campaign_id",
-    "outcome",
-    "reason",
-    "detail",
-    "price_cents",
-    "bid_id",
-    "latency_ms",
+# One statement, one round trip, one implicit transaction: the lead, one row per campaign
+# considered, its posts, its sales and their ledger rows land together or not at all.
+# Foreign keys are checked at the end of the statement, when the lead row exists.
+_SAVE = """
+WITH ping_rows AS (
+    INSERT INTO pings (ping_id, lead_id, buyer_id, campaign_id, outcome, reason, detail,
+                       price_cents, bid_id, latency_ms)
+    SELECT p.ping_id, $1, p.buyer_id, p.campaign_id, p.outcome, p.reason, p.detail,
+           p.price_cents, p.bid_id, p.latency_ms
+    FROM unnest($21::uuid[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[],
+                $27::bigint[], $28::text[], $29::int[])
+         AS p(ping_id, buyer_id, campaign_id, outcome, reason, detail, price_cents, bid_id,
+              latency_ms)
+), post_rows AS (
+    INSERT INTO posts (lead_id, buyer_id, campaign_id, price_cents, state, accepted, reason,
+                       buyer_lead_id, latency_ms, reservation)
+    SELECT $1, q.buyer_id, q.campaign_id, q.price_cents, q.state, q.accepted, q.reason,
+           q.buyer_lead_id, q.latency_ms, q.reservation::jsonb
+    FROM unnest($30::text[], $31::text[], $32::bigint[], $33::text[], $34::bool[], $35::text[],
+                $36::text[], $37::int[], $38::text[])
+         AS q(buyer_id, campaign_id, price_cents, state, accepted, reason, buyer_lead_id,
+              latency_ms, reservation)
+), lead_row AS (
+    INSERT INTO leads (lead_id, publisher_id, external_id, idempotency_key, vertical, test,
+                       status, reason, payout_cents, received_at, duration_ms, phone, email,
+                       state, zip, sub_id, contact, profile, consent, source)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+            $19, $20)
+), sale_rows AS (
+    INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id, price_cents,
+                       payout_cents, test, exclusive)
+    SELECT $1, $2, $5, s.buyer_id, s.campaign_id, s.price_cents, s.payout_cents, $6, $39
+    FROM unnest($40::text[], $41::text[], $42::bigint[], $43::bigint[])
+         AS s(buyer_id, campaign_id, price_cents, payout_cents)
+    RETURNING sale_id, buyer_id, price_cents, payout_cents
 )
+INSERT INTO ledger (sale_id, lead_id, account, kind, amount_cents)
+SELECT s.sale_id, $1, e.account, e.kind, e.amount
+FROM sale_rows s
+CROSS JOIN LATERAL (VALUES
+    ('buyer:' || s.buyer_id, 'buyer_charge', -s.price_cents),
+    ('publisher:' || $2, 'publisher_payout', s.payout_cents),
+    ('exchange', 'exchange_margin', s.price_cents - s.payout_cents)) AS e(account, kind, amount)
+WHERE NOT $6
+"""
+
+_ACCEPTED = {"accepted": True, "rejected": False, "failed": False}
+
+
+def _ms(value: float | None) -> int | None:
+    return None if value is None else round(value)
 
 
 async def save_lead(
     conn: Conn, lead: Lead, outcome: Outcome, *, exclusive: bool, duration_ms: int
 ) -> None:
-    """Insert the lead with its whole story. Call inside a transaction."""
-    lead_uuid = uuid.UUID(lead.lead_id)
+    """Insert the lead with its whole story, atomically, in one round trip.
+
+    Test leads keep their sale rows for the story, with no payout and no ledger rows.
+    """
+    test = lead.test
+    camps, posts, sales = outcome.campaigns, outcome.posts, outcome.sales
     await conn.execute(
-        """INSERT INTO leads (lead_id, publisher_id, external_id, idempotency_key, vertical, test,
-               status, reason, payout_cents, received_at, duration_ms, phone, email, state, zip,
-               sub_id, contact, profile, consent, source)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)""",
-        lead_uuid,
+        _SAVE,
+        uuid.UUID(lead.lead_id),
         lead.publisher_id,
         lead.external_id,
         lead.idempotency_key,
         lead.vertical,
-        lead.test,
+        test,
         outcome.status,
         outcome.reason,
-        0 if lead.test else outcome.payout_cents,
+        0 if test else outcome.payout_cents,
         lead.received_at,
         duration_ms,
         lead.phone,
@@ -58,45 +97,30 @@ async def save_lead(
         _jsonable(lead.profile),
         lead.consent,
         lead.source,
+        [uuid.UUID(c.ping_id) for c in camps],
+        [c.buyer_id for c in camps],
+        [c.campaign_id for c in camps],
+        [str(c.outcome) for c in camps],
+        [str(c.reason) for c in camps],
+        [c.detail for c in camps],
+        [c.price_cents for c in camps],
+        [c.bid_id for c in camps],
+        [_ms(c.latency_ms) for c in camps],
+        [p.buyer_id for p in posts],
+        [p.campaign_id for p in posts],
+        [p.price_cents for p in posts],
+        [p.state for p in posts],
+        [_ACCEPTED.get(p.state) for p in posts],
+        [p.reason for p in posts],
+        [p.buyer_lead_id for p in posts],
+        [_ms(p.latency_ms) for p in posts],
+        [None if p.reservation is None else orjson.dumps(p.reservation).decode() for p in posts],
+        exclusive,
+        [s.buyer_id for s in sales],
+        [s.campaign_id for s in sales],
+        [s.price_cents for s in sales],
+        [0 if test else s.payout_cents for s in sales],
     )
-    if outcome.campaigns:
-        await conn.copy_records_to_table(
-            "pings",
-            columns=_PING_COLUMNS,
-            records=[
-                (
-                    uuid.UUID(c.ping_id),
-                    lead_uuid,
-                    c.buyer_id,
-                    c.campaign_id,
-                    str(c.outcome),
-                    str(c.reason),
-                    c.detail,
-                    c.price_cents,
-                    c.bid_id,
-                    None if c.latency_ms is None else round(c.latency_ms),
-                )
-                for c in outcome.campaigns
-            ],
-        )
-    for p in outcome.posts:
-        await conn.execute(
-            """INSERT INTO posts (lead_id, buyer_id, campaign_id, price_cents, state, accepted,
-                   reason, buyer_lead_id, latency_ms, reservation)
-               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)""",
-            lead_uuid,
-            p.buyer_id,
-            p.campaign_id,
-            p.price_cents,
-            p.state,
-            {"accepted": True, "rejected": False, "failed": False}.get(p.state),
-            p.reason,
-            p.buyer_lead_id,
-            None if p.latency_ms is None else round(p.latency_ms),
-            p.reservation,
-        )
-    for sale in outcome.sales:
-        await record_sale(conn, lead, sale, exclusive=exclusive)
 
 
 async def find_answer(

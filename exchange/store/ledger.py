@@ -1,4 +1,4 @@
-"""Sales and their double-entry ledger rows, written together.
+"""Double-entry ledger rows for a sale (the lead path writes them inside ``save_lead``).
 
 Each sale writes three rows that sum to zero: the buyer's charge (negative: money
 leaves the buyer), the publisher's payout and the exchange's margin. A return or a
@@ -10,39 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from exchange.auction.outcome import SaleResult
-from exchange.intake.lead import Lead
 from exchange.store.db import Conn
-
-
-async def record_sale(conn: Conn, lead: Lead, sale: SaleResult, *, exclusive: bool) -> int:
-    """Insert one sale and its ledger rows; returns the sale id. Call inside a transaction."""
-    lead_uuid = uuid.UUID(lead.lead_id)
-    sale_id: int = await conn.fetchval(
-        """INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id,
-               price_cents, payout_cents, test, exclusive)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING sale_id""",
-        lead_uuid,
-        lead.publisher_id,
-        lead.vertical,
-        sale.buyer_id,
-        sale.campaign_id,
-        sale.price_cents,
-        0 if lead.test else sale.payout_cents,
-        lead.test,
-        exclusive,
-    )
-    if not lead.test:
-        await write_entries(
-            conn,
-            sale_id,
-            lead_uuid,
-            lead.publisher_id,
-            sale.buyer_id,
-            sale.price_cents,
-            sale.payout_cents,
-        )
-    return sale_id
 
 
 async def write_entries(

@@ -83,6 +83,21 @@ class Transport:
             await self._session.close()
             self._session = None
 
+    async def _read_all(self, resp: aiohttp.ClientResponse, started: float) -> bytes:
+        """The whole body up to the size limit. ``content.read(n)`` would return whatever
+        has arrived, so a buyer trickling bytes must be read to its end (or the timeout)."""
+        limit = self._max_answer
+        if resp.content_length is not None and resp.content_length > limit:
+            raise _oversize(limit, started)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _oversize(limit, started)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Reply:
         """POST ``body``; the whole exchange (connect, send, read) ends by ``timeout_s``."""
         assert self._session is not None, "Transport.start() was not called"
@@ -94,13 +109,8 @@ class Transport:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                data = await resp.content.read(self._max_answer + 1)
-                elapsed = (time.perf_counter() - started) * 1000
-                if len(data) > self._max_answer:
-                    raise TransportError(
-                        Failure.OVERSIZE, f"over {self._max_answer} bytes", elapsed
-                    )
-                return Reply(resp.status, data, elapsed)
+                data = await self._read_all(resp, started)
+                return Reply(resp.status, data, (time.perf_counter() - started) * 1000)
         except TransportError:
             raise
         except aiohttp.ConnectionTimeoutError as exc:
@@ -117,6 +127,11 @@ class Transport:
             raise _fail(Failure.PROTOCOL, exc, started) from None
         except aiohttp.ClientError as exc:
             raise _fail(Failure.PROTOCOL, exc, started) from None
+
+
+def _oversize(limit: int, started: float) -> TransportError:
+    elapsed = (time.perf_counter() - started) * 1000
+    return TransportError(Failure.OVERSIZE, f"over {limit} bytes", elapsed)
 
 
 def _fail(failure: Failure, exc: BaseException, started: float) -> TransportError:

@@ -21,9 +21,26 @@ async def test_demo_runs_and_its_summary_matches_postgres(
     out = tmp_path / "summary.json"
     env = {**os.environ, "EXCHANGE_DATABASE_URL": pg_dsn, "EXCHANGE_REDIS_URL": redis_url}
     proc = subprocess.run(
-        [sys.executable, "-m", "exchange.cli", "demo", "--duration", "3", "--rate", "15",
-         "--no-live", "--port", str(free_port()), "--summary-json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli",
+            "demo",
+            "--duration",
+            "3",
+            "--rate",
+            "15",
+            "--no-live",
+            "--port",
+            str(free_port()),
+            "--summary-json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = orjson.loads(out.read_bytes())

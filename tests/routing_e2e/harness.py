@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -117,9 +118,18 @@ def closed_days() -> list[str]:
 
 
 def write_config_dir(directory: Path, cfg: Config) -> None:
-    """The config as YAML in two files, the way operators split it: buyers apart."""
+    """The config as YAML in two files, the way operators split it: buyers apart.
+
+    Each file is replaced atomically, so a reload never reads half a file.
+    """
     data = cfg.model_dump(mode="json", exclude_none=True)
     buyers = {"buyers": data.pop("buyers")}
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "exchange.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-    (directory / "buyers.yaml").write_text(yaml.safe_dump(buyers), encoding="utf-8")
+    write_atomically(directory / "exchange.yaml", yaml.safe_dump(data))
+    write_atomically(directory / "buyers.yaml", yaml.safe_dump(buyers))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

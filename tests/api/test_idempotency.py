@@ -1,0 +1,153 @@
+"""Seen before: repeats of one lead run one auction; other leads with its phone or email are
+duplicates. Checked against what buyers saw and what Postgres holds, not just the answers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import Market, OpenMarket
+from tests.kit.buyers import Buyer
+from tests.kit.exchange import lead_body
+from tests.kit.records import count_rows
+
+
+def _buyers() -> tuple[Buyer, Buyer]:
+    return Buyer("acme", "secret-acme-123", price=20), Buyer("bolt", "secret-bolt-123", price=12)
+
+
+def _with_contact(body: dict[str, Any], **changes: str) -> dict[str, Any]:
+    return {**body, "contact": {**body["contact"], **changes}}
+
+
+def _answers(resps: list[httpx.Response]) -> list[dict[str, Any]]:
+    assert [r.status_code for r in resps] == [200] * len(resps), [r.text for r in resps]
+    return [r.json() for r in resps]
+
+
+def _assert_one_auction(m: Market, answers: list[dict[str, Any]]) -> None:
+    assert answers[0]["status"] == "sold" and answers[0]["payout"] == "14.00"
+    assert all(a == answers[0] for a in answers), answers
+    assert m.pings_seen() == {"acme": 1, "bolt": 1}
+    assert m.posts_seen() == {"acme": 1, "bolt": 0}
+
+
+async def test_concurrent_repeats_of_one_external_id_run_one_auction(market: OpenMarket) -> None:
+    m = await market(*_buyers())
+    body = lead_body()
+    resps = list(await asyncio.gather(*(m.ex.submit(body) for _ in range(5))))
+    answers = _answers(resps)
+    _assert_one_auction(m, answers)
+    assert sorted(str(r.headers.get("Idempotent-Replayed")) for r in resps) == [
+        "None",
+        "true",
+        "true",
+        "true",
+        "true",
+    ]
+    assert await count_rows(m.pg_dsn, "leads") == 1
+    assert await count_rows(m.pg_dsn, "sales") == 1
+
+    later = await m.ex.submit(body)
+    assert later.json() == answers[0]
+    assert later.headers.get("Idempotent-Replayed") == "true"
+    assert m.pings_seen() == {"acme": 1, "bolt": 1}
+
+
+async def test_concurrent_repeats_of_one_idempotency_key_run_one_auction(
+    market: OpenMarket,
+) -> None:
+    m = await market(*_buyers())
+    body = lead_body()
+    del body["external_id"]
+    key = {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
+    answers = _answers(list(await asyncio.gather(*(m.ex.submit(body, **key) for _ in range(5)))))
+    _assert_one_auction(m, answers)
+    assert await count_rows(m.pg_dsn, "leads") == 1
+
+    # Later, even with an external id of its own, the key alone names the same lead.
+    later = await m.ex.submit(lead_body(), **key)
+    assert later.json() == answers[0]
+    assert m.pings_seen() == {"acme": 1, "bolt": 1}
+    assert await count_rows(m.pg_dsn, "leads") == 1
+
+
+async def test_concurrent_retries_with_one_key_and_fresh_external_ids_get_the_first_answer(
+    market: OpenMarket,
+) -> None:
+    """A publisher that regenerates its external id on retry but keeps the Idempotency-Key."""
+    m = await market(*_buyers(), settings={"deadline_ms": 1000})
+    key = {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
+    resps = await asyncio.gather(*(m.ex.submit(lead_body(), **key) for _ in range(5)))
+    answers = _answers(list(resps))
+    _assert_one_auction(m, answers)
+    assert await count_rows(m.pg_dsn, "leads") == 1
+
+
+async def test_repeat_after_redis_lost_its_keys_is_answered_from_postgres(
+    market: OpenMarket,
+) -> None:
+    m = await market(*_buyers())
+    by_external_id = lead_body()
+    by_key = lead_body()
+    del by_key["external_id"]
+    key = {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
+    first_ext = (await m.ex.submit(by_external_id)).json()
+    first_key = (await m.ex.submit(by_key, **key)).json()
+    assert first_ext["status"] == first_key["status"] == "sold"
+    seen = m.pings_seen()
+
+    idem_keys = [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}idem:*")]
+    assert len(idem_keys) == 2, idem_keys
+    await m.redis.delete(*idem_keys)
+
+    for _ in range(2):  # from Postgres, then from the Redis key it wrote back
+        assert (await m.ex.submit(by_external_id)).json() == first_ext
+        assert (await m.ex.submit(by_key, **key)).json() == first_key
+    assert m.pings_seen() == seen
+    assert await count_rows(m.pg_dsn, "leads") == 2
+
+
+async def _duplicate_of(m: Market, first: dict[str, Any], second: dict[str, Any]) -> None:
+    original = (await m.ex.submit(first)).json()
+    assert original["status"] == "sold"
+    seen = m.pings_seen()
+    answer = (await m.ex.submit(second)).json()
+    assert answer["status"] == "duplicate" and answer["payout"] == "0.00", answer
+    assert answer["lead_id"] != original["lead_id"]
+    assert original["lead_id"] in answer["reason"]
+    assert m.pings_seen() == seen
+    record = await m.record(answer["lead_id"])
+    assert record.lead is not None and record.lead["status"] == "duplicate"
+    assert record.pings == [] and record.posts == [] and record.sales == []
+
+
+async def test_same_phone_in_another_format_is_a_duplicate(market: OpenMarket) -> None:
+    m = await market(*_buyers())
+    first = _with_contact(lead_body(), phone="+14155550142")
+    second = _with_contact(lead_body(), phone="(415) 555-0142")
+    await _duplicate_of(m, first, second)
+
+
+async def test_same_email_in_another_case_is_a_duplicate(market: OpenMarket) -> None:
+    m = await market(*_buyers())
+    first = _with_contact(lead_body(), email="grace.hopper@example.com")
+    second = _with_contact(lead_body(), email="  Grace.Hopper@EXAMPLE.com ")
+    await _duplicate_of(m, first, second)
+
+
+async def test_test_leads_do_not_collide_with_real_ones(market: OpenMarket) -> None:
+    m = await market(*_buyers())
+    contact = {"phone": "+14155550177", "email": "alan.turing@example.com"}
+    test_first = (await m.ex.submit(_with_contact(lead_body(test=True), **contact))).json()
+    real = (await m.ex.submit(_with_contact(lead_body(), **contact))).json()
+    assert test_first["status"] == "sold" and test_first["payout"] == "0.00"
+    assert real["status"] == "sold" and real["payout"] == "14.00"
+    again_real = (await m.ex.submit(_with_contact(lead_body(), **contact))).json()
+    again_test = (await m.ex.submit(_with_contact(lead_body(test=True), **contact))).json()
+    assert again_real["status"] == "duplicate" and real["lead_id"] in again_real["reason"]
+    assert again_test["status"] == "duplicate" and test_first["lead_id"] in again_test["reason"]
+    assert m.pings_seen() == {"acme": 2, "bolt": 2}
