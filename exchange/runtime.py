@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -43,6 +45,10 @@ class Runtime:
     auction: AuctionDeps
     paused: set[str] = field(default_factory=set)
     in_flight: int = 0
+    # Per worker: N workers admit up to N times a publisher's rate (the README says so).
+    limiter: SlidingWindowCounterRateLimiter = field(
+        default_factory=lambda: SlidingWindowCounterRateLimiter(MemoryStorage())
+    )
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod

@@ -9,8 +9,6 @@ import asyncpg
 import orjson
 from fastapi import APIRouter, Request
 from limits import RateLimitItemPerSecond
-from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
@@ -23,9 +21,6 @@ from exchange.observability import record
 router = APIRouter()
 _RETRY = {"Retry-After": "1"}
 
-# Per worker: N workers admit up to N times the rate; the README says so.
-_limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
-
 
 @router.post("/v1/leads", tags=["publishers"], summary="Submit a lead; answers within the deadline")
 async def post_lead(request: Request) -> Response:
@@ -34,8 +29,8 @@ async def post_lead(request: Request) -> Response:
     publisher = require_publisher(rt, request)
     settings = rt.catalog.settings
     rate = RateLimitItemPerSecond(publisher.rate_per_second or settings.publisher_rate_per_second)
-    if not _limiter.hit(rate, publisher.id):
-        reset = _limiter.get_window_stats(rate, publisher.id).reset_time
+    if not rt.limiter.hit(rate, publisher.id):
+        reset = rt.limiter.get_window_stats(rate, publisher.id).reset_time
         record.refused("rate_limited")
         retry = str(max(1, math.ceil(reset - time.time())))
         return problem(
@@ -65,7 +60,7 @@ async def post_lead(request: Request) -> Response:
         # Without Redis no cap, dedupe or idempotency can be promised: refuse, do not guess.
         record.store_error("redis", "lead")
         return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
-    except (asyncpg.PostgresError, OSError):
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
         record.store_error("postgres", "lead")
         return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
     finally:

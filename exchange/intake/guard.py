@@ -81,8 +81,10 @@ class Guard:
         end = loop.time() + timeout_s
         delay = 0.005
         while True:
-            raw = await self._redis.get(keys[0])
-            claim = _read_claim(_as_bytes(raw)) if raw is not None else Claim(first=False)
+            # Any of the keys may be the one the first request holds (a repeat can share
+            # only its Idempotency-Key, or only its external id).
+            found = [v for v in await self._redis.mget(keys) if v is not None]
+            claim = _read_claim(_as_bytes(found[0])) if found else Claim(first=False)
             if claim.answer is not None or loop.time() >= end:
                 return claim
             await asyncio.sleep(min(delay, max(0.0, end - loop.time())))

@@ -50,6 +50,10 @@ def parse_lead(
     errors: list[FieldError] = []
     if not isinstance(body, dict):
         raise Invalid([FieldError("(body)", "must be a JSON object")])
+    # Postgres text and jsonb cannot hold NUL: refuse it here, before any buyer sees the lead.
+    nul = [FieldError(path, "must not contain the NUL character") for path in _nul_paths(body, "")]
+    if nul:
+        raise Invalid(nul)
     for key in body:
         if key not in _TOP_KEYS:
             errors.append(FieldError(str(key), "unknown field"))
@@ -231,3 +235,22 @@ def _free_object(body: dict[str, Any], key: str, errors: list[FieldError]) -> di
         errors.append(FieldError(key, f"must be an object of at most {_MAX_EXTRA_KEYS} keys"))
         return {}
     return value
+
+
+def _nul_paths(value: Any, path: str) -> list[str]:
+    """Dotted paths of every key or string value that contains a NUL character."""
+    found: list[str] = []
+    if isinstance(value, str):
+        if "\x00" in value:
+            found.append(path or "(body)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                found.append(child)
+            else:
+                found.extend(_nul_paths(item, child))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(_nul_paths(item, f"{path}[{i}]"))
+    return found

@@ -40,8 +40,11 @@ class TransportError(Exception):
 
     @property
     def maybe_delivered(self) -> bool:
-        """True when the buyer may have received the request (and so may hold the lead)."""
-        return self.failure in (Failure.TIMEOUT, Failure.DISCONNECT)
+        """True unless the request surely never reached the buyer (it may hold the lead).
+
+        Only a failed connect proves that; a reset, a malformed or oversize answer and a
+        timeout all come after the buyer could have read the whole request."""
+        return self.failure is not Failure.CONNECT
 
 
 class Transport:

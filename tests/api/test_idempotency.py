@@ -11,7 +11,7 @@ import httpx
 
 from tests.api.conftest import Market, OpenMarket
 from tests.kit.buyers import Buyer
-from tests.kit.exchange import lead_body
+from tests.kit.exchange import PUB2_KEY, lead_body
 from tests.kit.records import count_rows
 
 
@@ -109,6 +109,21 @@ async def test_repeat_after_redis_lost_its_keys_is_answered_from_postgres(
         assert (await m.ex.submit(by_key, **key)).json() == first_key
     assert m.pings_seen() == seen
     assert await count_rows(m.pg_dsn, "leads") == 2
+
+
+async def test_same_external_id_from_another_publisher_is_another_lead(
+    market: OpenMarket,
+) -> None:
+    m = await market(*_buyers())
+    body = lead_body()
+    mine = (await m.ex.submit(body)).json()
+    other = _with_contact({**lead_body(), "external_id": body["external_id"]}, phone="+14155550188")
+    theirs = (await m.ex.submit(other, PUB2_KEY)).json()
+    assert mine["status"] == "sold" and theirs["status"] == "sold"
+    assert mine["lead_id"] != theirs["lead_id"]
+    assert (mine["payout"], theirs["payout"]) == ("14.00", "8.00")
+    assert await count_rows(m.pg_dsn, "leads", "external_id = $1", body["external_id"]) == 2
+    assert m.pings_seen() == {"acme": 2, "bolt": 2}
 
 
 async def _duplicate_of(m: Market, first: dict[str, Any], second: dict[str, Any]) -> None:

@@ -188,7 +188,9 @@ async def test_bad_idempotency_key_is_400(
     intake: tuple[RunningExchange, Buyer], intake_db: str, idem: str
 ) -> None:
     ex, _ = intake
-    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit(lead_body(), **{"Idempotency-Key": idem}))
+    resp = await _no_new_rows(
+        ex, intake_db, lambda: ex.submit(lead_body(), **{"Idempotency-Key": idem})
+    )
     problem = _problem(resp, 400)
     assert "Idempotency-Key" in problem["detail"]
 
@@ -244,7 +246,9 @@ _scalars = (
 )
 _json = st.recursive(
     _scalars,
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
     max_leaves=10,
 )
 _PATHS = [

@@ -43,7 +43,9 @@ async def scrape(ex: RunningExchange) -> dict[Key, float]:
     }
 
 
-def deltas(before: dict[Key, float], after: dict[Key, float], name: str, label: str, **fixed: str) -> dict[str, float]:
+def deltas(
+    before: dict[Key, float], after: dict[Key, float], name: str, label: str, **fixed: str
+) -> dict[str, float]:
     """``{value of label: increase}`` for the samples of ``name`` matching ``fixed``; zeros left out."""
     out: dict[str, float] = {}
     for (sample, labels), value in after.items():
@@ -71,7 +73,9 @@ class Run:
 
 
 @pytest.fixture
-async def run(pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: Any) -> AsyncIterator[Run]:
+async def run(
+    pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: Any
+) -> AsyncIterator[Run]:
     tag = uuid.uuid4().hex[:6]
     hi = await Buyer(f"hi-{tag}", "secret-hi-123", price="20.00").start()
     lo = await Buyer(f"lo-{tag}", "secret-lo-123", price="12.00").start()
@@ -88,7 +92,9 @@ async def run(pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: Any)
         await buyer.close()
 
 
-async def submit(ex: RunningExchange, body: dict[str, Any], key: str | None = None, code: int = 200) -> dict[str, Any]:
+async def submit(
+    ex: RunningExchange, body: dict[str, Any], key: str | None = None, code: int = 200
+) -> dict[str, Any]:
     resp = await (ex.submit(body) if key is None else ex.submit(body, key))
     assert resp.status_code == code, resp.text
     answer: dict[str, Any] = resp.json()
@@ -99,7 +105,9 @@ async def play_known_sequence(r: Run) -> list[str]:
     """Seven answered leads and one invalid one; returns the statuses in order."""
     first = lead_body()
     statuses = [(await submit(r.ex, first))["status"]]  # hi wins at 20.00 (pub-1, revshare)
-    statuses.append((await submit(r.ex, lead_body(), PUB2_KEY))["status"])  # hi again (pub-2, fixed)
+    statuses.append(
+        (await submit(r.ex, lead_body(), PUB2_KEY))["status"]
+    )  # hi again (pub-2, fixed)
     r.hi.post_mode = "reject"
     statuses.append((await submit(r.ex, lead_body()))["status"])  # hi refuses: lo at 12.00
     r.hi.post_mode, r.hi.ping_mode, r.lo.ping_mode = "accept", "no_bid", "no_bid"
@@ -136,7 +144,9 @@ async def test_counters_match_a_known_sequence_of_leads(run: Run, pg_dsn: str) -
 
     leads = deltas(before, after, "exchange_leads_total", "status", vertical=VERTICAL)
     assert leads == {"sold": 4, "unsold": 1, "duplicate": 1, "rejected": 1}
-    durations = deltas(before, after, "exchange_lead_duration_seconds_count", "status", vertical=VERTICAL)
+    durations = deltas(
+        before, after, "exchange_lead_duration_seconds_count", "status", vertical=VERTICAL
+    )
     assert durations == leads
     # The first four and the test lead reach the auction; duplicate and rejected do not.
     auctions = deltas(before, after, "exchange_auction_duration_seconds_count", "vertical")
@@ -146,7 +156,9 @@ async def test_counters_match_a_known_sequence_of_leads(run: Run, pg_dsn: str) -
     pings = {
         (buyer, outcome): n
         for outcome in ("bid", "no_bid", "timeout", "error", "below_floor", "filtered", "throttled")
-        for buyer, n in deltas(before, after, "exchange_pings_total", "buyer", outcome=outcome).items()
+        for buyer, n in deltas(
+            before, after, "exchange_pings_total", "buyer", outcome=outcome
+        ).items()
         if buyer in ids
     }
     hi, lo, slow, cheap, picky = (b.buyer_id for b in run.buyers)
@@ -165,7 +177,9 @@ async def test_counters_match_a_known_sequence_of_leads(run: Run, pg_dsn: str) -
     posts = {
         (buyer, outcome): n
         for outcome in ("accepted", "rejected", "failed", "unknown")
-        for buyer, n in deltas(before, after, "exchange_posts_total", "buyer", outcome=outcome).items()
+        for buyer, n in deltas(
+            before, after, "exchange_posts_total", "buyer", outcome=outcome
+        ).items()
         if buyer in ids
     }
     assert posts == {(hi, "accepted"): 3, (hi, "rejected"): 1, (lo, "accepted"): 1}
@@ -181,7 +195,9 @@ async def test_counters_match_a_known_sequence_of_leads(run: Run, pg_dsn: str) -
     margin = deltas(before, after, "exchange_margin_cents_total", "vertical")
     assert margin == {VERTICAL: money["revenue"] - money["payout"]}
 
-    http = deltas(before, after, "exchange_http_requests_total", "status", route="/v1/leads", method="POST")
+    http = deltas(
+        before, after, "exchange_http_requests_total", "status", route="/v1/leads", method="POST"
+    )
     assert http == {"200": 7, "422": 1}
     statuses_seen = Counter(statuses)
     assert sum(leads.values()) == sum(statuses_seen.values())

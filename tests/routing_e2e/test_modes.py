@@ -114,11 +114,19 @@ async def test_shared_lead_sells_to_the_best_three_distinct_buyers(
     # Each pays its own price; the publisher gets 70% of each: 17.50 + 14.00 + 12.60.
     assert answer["status"] == "sold" and answer["payout"] == "44.10", answer
     sales = await sales_of(pg, answer["lead_id"])
-    assert [(buyer, cents) for buyer, _, cents in sales] == [("twice", 2500), ("b", 2000), ("c", 1800)]
+    assert [(buyer, cents) for buyer, _, cents in sales] == [
+        ("twice", 2500),
+        ("b", 2000),
+        ("c", 1800),
+    ]
     story = await ex.story(answer["lead_id"])
     ends = reasons(story)
     assert sorted([ends["twice-1"], ends["twice-2"]]) == ["duplicate_buyer", "sold"]
-    assert {k: ends[k] for k in ("b-c", "c-c", "d-c")} == {"b-c": "sold", "c-c": "sold", "d-c": "outbid"}
+    assert {k: ends[k] for k in ("b-c", "c-c", "d-c")} == {
+        "b-c": "sold",
+        "c-c": "sold",
+        "d-c": "outbid",
+    }
     assert all(o == "bid" for o in outcomes(story).values())
     assert len(twice.pings) == 2 and len(twice.posts) == 1  # bought at most once
     assert [p["price"] for p in b.posts + c.posts] == ["20.00", "18.00"] and d.posts == []

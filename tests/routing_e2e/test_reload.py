@@ -13,7 +13,14 @@ import yaml
 
 from tests.kit.exchange import ADMIN, RunningExchange, buyer_entry, campaign
 from tests.routing_e2e.conftest import OpenExchange, StartBuyer
-from tests.routing_e2e.harness import config, lead, reasons, sell, write_atomically, write_config_dir
+from tests.routing_e2e.harness import (
+    config,
+    lead,
+    reasons,
+    sell,
+    write_atomically,
+    write_config_dir,
+)
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 LEADS = 100

@@ -1,0 +1,159 @@
+"""Profile a running exchange worker with py-spy and name what its CPU goes to.
+
+Two recordings of ``seconds`` each while load runs: a flame graph (``profile.svg``) for
+people, and collapsed stacks (``profile.txt``) that :func:`analyze` turns into tables:
+CPU share by the inner-most ``exchange/`` frame of each sample (who in our code caused
+it), inclusive share per ``exchange/`` function (the hot path), and by library of the leaf
+frame. Samples are taken only while the worker holds the GIL (``--gil``), so waiting in
+epoll is not counted; shares are of the worker's busy time.
+
+Usage::
+
+    found = await profile_during(pid, 20, Path("out"), leads_per_s=150)
+    found["by_owner"][0]   # {"name": "post_lead (exchange/api/publishers.py)", "share": …}
+
+CLI (an exchange already under load): ``python -m loadtests.profile --pid PID --seconds 20
+--leads-per-s 150 --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+TOP = 25
+
+
+def py_spy() -> str:
+    """The py-spy next to this Python (the venv's), else the one on PATH."""
+    local = Path(sys.executable).parent / "py-spy"
+    found = str(local) if local.exists() else shutil.which("py-spy")
+    if found is None:
+        raise FileNotFoundError("py-spy is not installed: pip install py-spy")
+    return found
+
+
+async def record(pid: int, seconds: float, out: Path, fmt: str) -> None:
+    """``py-spy record`` of ``pid`` for ``seconds`` into ``out`` (``flamegraph`` or ``raw``)."""
+    argv = [py_spy(), "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1))]
+    argv += ["--rate", "100", "--gil", "--nonblocking", "--format", fmt, "--output", str(out)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed ({proc.returncode}): {err.decode()[-500:]}")
+
+
+async def profile_during(
+    pid: int, seconds: float, out_dir: Path, leads_per_s: float = 0.0
+) -> dict[str, Any]:
+    """Flame graph, then collapsed stacks with the worker's CPU time; the analysis."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    svg, raw = out_dir / "profile.svg", out_dir / "profile.txt"
+    try:
+        await record(pid, seconds, svg, "flamegraph")
+        worker = psutil.Process(pid)
+        before = sum(worker.cpu_times()[:2])
+        await record(pid, seconds, raw, "raw")
+        cpu_s = sum(worker.cpu_times()[:2]) - before
+    except (OSError, RuntimeError, psutil.Error) as exc:
+        return {"error": f"py-spy could not profile pid {pid}: {exc}"}
+    leads = leads_per_s * seconds
+    cpu_ms_per_lead = cpu_s * 1000 / leads if leads else 0.0
+    found = analyze(raw.read_text(encoding="utf-8"), cpu_ms_per_lead)
+    return {
+        **found,
+        "pid": pid,
+        "duration_s": seconds,
+        "cpu_share_of_core": round(cpu_s / seconds, 3),
+        "cpu_ms_per_lead": round(cpu_ms_per_lead, 3),
+        "svg": str(svg),
+        "raw": str(raw),
+    }
+
+
+def parse_frame(frame: str) -> tuple[str, str]:
+    """``"func (pkg/mod.py:12)"`` → ``("func", "pkg/mod.py")``."""
+    m = _FRAME.match(frame.strip())
+    return (m["func"], m["file"]) if m else (frame.strip(), "")
+
+
+def library(file: str) -> str:
+    """The top-level package of a py-spy file path (``asyncpg/pool.py`` → ``asyncpg``)."""
+    if not file:
+        return "(native)"
+    head = file.split("/", 1)[0]
+    return head.removesuffix(".py")
+
+
+def _is_ours(file: str) -> bool:
+    # cli.py only starts uvicorn: every sample has it, so it would own the server's own work.
+    return file.startswith("exchange/") and file != "exchange/cli.py"
+
+
+def analyze(collapsed: str, cpu_ms_per_lead: float = 0.0) -> dict[str, Any]:
+    """Shares of samples by owner (inner-most exchange/ frame), by exchange/ function
+    (inclusive) and by leaf library, each with ms of CPU per lead when that is known."""
+    owner: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    libs: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [parse_frame(f) for f in stack.split(";")]
+        ours = [f"{func} ({file})" for func, file in frames if _is_ours(file)]
+        leaf_lib = library(frames[-1][1])
+        owner[ours[-1] if ours else f"(no exchange/ frame: {leaf_lib})"] += n
+        for name in set(ours):
+            inclusive[name] += n
+        libs[leaf_lib] += n
+
+    def table(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "share": round(n / total, 4),
+                "ms_per_lead": round(n / total * cpu_ms_per_lead, 4),
+            }
+            for name, n in counter.most_common(TOP)
+        ]
+
+    if total == 0:
+        return {"samples": 0, "by_owner": [], "by_function": [], "by_library": []}
+    return {
+        "samples": total,
+        "by_owner": table(owner),
+        "by_function": table(inclusive),
+        "by_library": table(libs),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m loadtests.profile", description=__doc__)
+    p.add_argument("--pid", type=int, required=True, help="an exchange worker under load")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--leads-per-s", type=float, default=0.0, help="that worker's lead rate")
+    p.add_argument("--out", type=Path, default=Path("."))
+    args = p.parse_args(argv)
+    found = asyncio.run(profile_during(args.pid, args.seconds, args.out, args.leads_per_s))
+    print(json.dumps(found, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The soak: the exchange for ten minutes with a hanging buyer; memory, fds and sockets flat?
+
+10 buyers at 0 ms plus one that never answers, a steady open-loop rate, and every
+``--sample-s`` seconds the exchange's RSS, open fds and TCP sockets (its whole process
+tree), plus the machine's TIME_WAIT sockets towards the fleet: a hanging buyer costs a
+new connection per ping unless the exchange stops pinging it.
+
+Usage::
+
+    python -m loadtests.soak [--minutes 10] [--rate 100] [--workers 1] [--out DIR]
+
+Writes ``soak.json``, ``soak.md`` and ``soak.png`` into ``--out`` (default
+``loadtests/results/<date>/``); ``python -m loadtests.report DIR`` then adds the soak to
+that dir's benchmark report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import psutil
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from loadtests.bench import ROOT, Criteria, judge
+from loadtests.probe import Prober, loop_runner, resources
+from loadtests.procs import Proc
+from loadtests.stack import (
+    Cell,
+    Timing,
+    fresh_stores,
+    start_exchange,
+    start_fleet_for,
+    write_config,
+)
+
+SOAK_CELL = Cell("10x0ms+hang", 10, hang=1)
+GROWTH_SHARE = 0.10  # end may exceed start by this share (plus the slack below) and be flat
+RSS_SLACK_MB, COUNT_SLACK = 5.0, 10
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    minutes: float = 10.0
+    rate: float = 100.0
+    workers: int = 1
+    sample_s: float = 15.0
+    admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    command: str = "python -m loadtests.soak"
+
+
+def time_wait_to(port: int) -> int:
+    """Sockets in TIME_WAIT towards ``port`` on this machine (the fleet's)."""
+    return sum(
+        1
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_TIME_WAIT and c.raddr and c.raddr.port == port
+    )
+
+
+def is_flat(start: dict[str, float], end: dict[str, float]) -> bool:
+    """End within 10% (plus a small slack) of start for RSS, fds and the server's sockets."""
+    rss_ok = end["rss_mb"] <= start["rss_mb"] * (1 + GROWTH_SHARE) + RSS_SLACK_MB
+    fds_ok = end["fds"] <= start["fds"] * (1 + GROWTH_SHARE) + COUNT_SLACK
+    tcp_ok = end["tcp"] <= start["tcp"] * (1 + GROWTH_SHARE) + COUNT_SLACK
+    return rss_ok and fds_ok and tcp_ok
+
+
+async def _sample(proc: Proc, fleet_port: int, t0: float) -> dict[str, float]:
+    found = await asyncio.to_thread(resources, proc)
+    tw = await asyncio.to_thread(time_wait_to, fleet_port)
+    return {"t_s": round(time.monotonic() - t0, 1), **found, "time_wait": tw}
+
+
+async def run_soak(opts: SoakOptions) -> dict[str, Any]:
+    """Run the soak; the JSON-ready result (samples, start, end, flat, the load's summary)."""
+    timing = Timing()
+    duration = opts.minutes * 60
+    warm_s = min(30.0, duration / 10)
+    with (
+        tempfile.TemporaryDirectory(prefix="soak-") as tmp,
+        start_fleet_for(SOAK_CELL, timing) as fleet,
+    ):
+        fleet_port = int(str(fleet.ready["stats_url"]).rsplit(":", 1)[1].split("/")[0])
+        config = write_config(Path(tmp) / "cfg", fleet.ready, timing)
+        async with fresh_stores(opts.admin_dsn, opts.redis_url) as stores:
+            proc = await asyncio.to_thread(start_exchange, config, opts.workers, stores)
+            criteria = Criteria(timing.deadline_ms)
+            prober = Prober(
+                proc,
+                fleet,
+                stores,
+                criteria_judge=lambda s: judge(s, criteria),
+                buyer_max_ms=float(fleet.ready["max_in_time_latency_ms"]),
+                step_s=duration,
+            )
+            try:
+                await prober.warm_up()
+                await prober.load(opts.rate, warm_s)
+                t0 = time.monotonic()
+                samples = [await _sample(proc, fleet_port, t0)]
+                step_task = asyncio.create_task(prober.measure(opts.rate, "soak", duration))
+                while not step_task.done():
+                    await asyncio.wait({step_task}, timeout=opts.sample_s)
+                    samples.append(await _sample(proc, fleet_port, t0))
+                step = step_task.result()
+                await asyncio.sleep(5)
+                after = await _sample(proc, fleet_port, t0)
+            finally:
+                await prober.close()
+                await asyncio.to_thread(proc.stop)
+    start, end = samples[0], samples[-1]
+    return {
+        "command": opts.command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "minutes": opts.minutes,
+        "rate": opts.rate,
+        "workers": opts.workers,
+        "cell": SOAK_CELL.label,
+        "samples": samples,
+        "start": start,
+        "end": end,
+        "after_drain": after,
+        "max": {k: max(s[k] for s in samples) for k in ("rss_mb", "fds", "tcp", "time_wait")},
+        "flat": is_flat(start, end),
+        "load": step.summary,
+        "failures": step.failures,
+        "fleet": step.fleet,
+        "cpu": step.cpu,
+    }
+
+
+def render(soak: dict[str, Any], plot_name: str = "soak.png") -> str:
+    start, end, peak = soak["start"], soak["end"], soak["max"]
+    load = soak["load"]
+    lat = load["answered_latency_ms"]
+    rows = [
+        f"# Soak, {soak['started']}",
+        "",
+        f"Command: `{soak['command']}`",
+        "",
+        f"{soak['cell']}, {soak['rate']:g} leads/s for {soak['minutes']:g} min on "
+        f"{soak['workers']} worker(s). **Flat: {'yes' if soak['flat'] else 'no'}** (end within "
+        f"{GROWTH_SHARE:.0%} + slack of start, measured after a warm-up).",
+        "",
+        "| | start | end | max | after drain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, name in (("rss_mb", "RSS MB"), ("fds", "open fds"), ("tcp", "TCP sockets")):
+        rows.append(
+            f"| {name} | {start[key]} | {end[key]} | {peak[key]} | {soak['after_drain'][key]} |"
+        )
+    rows.append(
+        f"| TIME_WAIT to fleet | {start['time_wait']} | {end['time_wait']} "
+        f"| {peak['time_wait']} | {soak['after_drain']['time_wait']} |"
+    )
+    rows += [
+        "",
+        f"Load: sent {load['sent']}, statuses {load['statuses']}, answered latency ms p50 "
+        f"{lat['p50']:g} p99 {lat['p99']:g} p99.9 {lat['p99.9']:g} max {lat['max']:g}. "
+        f"The hanging buyer got {soak['fleet'].get('hangs', 0)} pings of "
+        f"{soak['fleet'].get('pings', 0)} (the exchange throttles a buyer that keeps timing out). "
+        f"Background CPU (other processes): {soak['cpu'].get('background', 0):.0%}.",
+        "",
+        f"![soak]({plot_name})",
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def plot(soak: dict[str, Any], path: Path) -> None:
+    samples = soak["samples"]
+    ts = [s["t_s"] / 60 for s in samples]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, key, title in zip(
+        axes,
+        ("rss_mb", "fds", "tcp", "time_wait"),
+        ("RSS MB", "open fds", "TCP sockets", "TIME_WAIT to fleet"),
+        strict=True,
+    ):
+        ax.plot(ts, [s[key] for s in samples], marker=".")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("minutes")
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(soak: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "soak.json", out_dir / "soak.md", out_dir / "soak.png"]
+    paths[0].write_text(json.dumps(soak, indent=1), encoding="utf-8")
+    paths[1].write_text(render(soak), encoding="utf-8")
+    plot(soak, paths[2])
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=100.0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--sample-s", type=float, default=15.0)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    opts = SoakOptions(
+        args.minutes,
+        args.rate,
+        args.workers,
+        args.sample_s,
+        command="python -m loadtests.soak " + shlex.join(argv),
+    )
+    with loop_runner() as runner:
+        soak = runner.run(run_soak(opts))
+    out = args.out or ROOT / "loadtests" / "results" / time.strftime("%Y-%m-%d")
+    for path in write(soak, out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
