@@ -135,6 +135,8 @@ class Options:
     workers: Sequence[int] = (1, 2)
     ladder: Sequence[float] = LADDER
     step_s: float = 8.0
+    warm_up_s: float = 2.0  # at 20 leads/s after each server start, not recorded
+    settle_s: float = 1.0  # quiet time after each step
     refine: int = 1
     confirm: int = 1
     baseline: bool = True
@@ -228,6 +230,8 @@ async def _measure_server(
         criteria_judge=lambda s: judge(s, criteria),
         buyer_max_ms=cell.buyer_max_ms,
         step_s=opts.step_s,
+        warm_up_s=opts.warm_up_s,
+        settle_s=opts.settle_s,
     )
     try:
         await prober.warm_up()

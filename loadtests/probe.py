@@ -91,6 +91,8 @@ class Prober:
         criteria_judge: Callable[[dict[str, Any]], list[str]],
         buyer_max_ms: float,
         step_s: float,
+        warm_up_s: float = WARM_UP_S,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self.server = server
         self.fleet = fleet
@@ -99,6 +101,8 @@ class Prober:
         self.judge = criteria_judge
         self.buyer_max_ms = buyer_max_ms
         self.step_s = step_s
+        self.warm_up_s = warm_up_s
+        self.settle_s = settle_s
         self._factory = LeadFactory(run_id=secrets.token_hex(4))
         self._offset = 0
         self._http = aiohttp.ClientSession()
@@ -116,8 +120,8 @@ class Prober:
 
     async def warm_up(self) -> None:
         """Pools, connections and caches filled before anything counts."""
-        await self.load(WARM_UP_RATE, WARM_UP_S)
-        await asyncio.sleep(SETTLE_S)
+        await self.load(WARM_UP_RATE, self.warm_up_s)
+        await asyncio.sleep(self.settle_s)
 
     async def measure(self, rate: float, kind: str = "search", duration_s: float = 0.0) -> Step:
         await self._fleet_call("POST", "/_reset")
@@ -140,7 +144,7 @@ class Prober:
             fleet={k: totals.get(k, 0) for k in FLEET_COUNTERS},
             percentiles=percentiles(result.ok_latency_us),
         )
-        await asyncio.sleep(SETTLE_S)
+        await asyncio.sleep(self.settle_s)
         return step
 
     async def profile(self, rate: float, seconds: float, out_dir: Path | None) -> dict[str, Any]:

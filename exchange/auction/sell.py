@@ -89,7 +89,7 @@ async def sell(
             assert campaign.price is not None
             offer = _offer(target, campaign.price, None, new_ping_id())
             offers.append(offer)
-            _note(state, target, Reason.BID, Reason.BID, price=campaign.price, detail="fixed price")
+            _note(state, target, Reason.FIXED_PRICE, Reason.FIXED_PRICE, price=campaign.price)
         elif not deps.health.allow(buyer.id):
             _note(state, target, Reason.THROTTLED, Reason.THROTTLED, detail="recent pings failing")
         else:

@@ -17,6 +17,7 @@ class Reason(StrEnum):
     THROTTLED = "throttled"
     NO_TIME = "no_time"  # too little of the deadline left to ping it at all
     BID = "bid"
+    FIXED_PRICE = "fixed_price"  # a post-only campaign: not pinged, offers its fixed price
     NO_BID = "no_bid"
     BELOW_FLOOR = "below_floor"
     TIMEOUT = "timeout"

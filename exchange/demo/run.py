@@ -46,8 +46,9 @@ def run_demo(args: argparse.Namespace) -> int:
         settings.data_dir = args.data_dir
     configure_logging("WARNING", json=False)
     resolve_stores(settings)
-    # A prefix of its own per run: caps, dedupe and idempotency start clean every demo.
-    settings.redis_prefix = f"demo:{secrets.token_hex(4)}:"
+    # A prefix of its own per run (under the configured one): caps, dedupe and idempotency
+    # start clean every demo, and a shared Redis keeps its other keys apart.
+    settings.redis_prefix = f"{settings.redis_prefix}demo:{secrets.token_hex(4)}:"
     settings.admin_token = settings.admin_token or "demo-admin-token"
     settings.migrate_on_start = False
     summary = asyncio.run(_demo(settings, args))

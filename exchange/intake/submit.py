@@ -103,7 +103,8 @@ async def _run(
             "publisher_id": lead.publisher_id,
             "duration_ms": duration_ms,
             "sales": len(outcome.sales),
-            "revenue_cents": outcome.revenue_cents,
+            "test": lead.test,
+            "revenue_cents": 0 if lead.test else outcome.revenue_cents,
         },
     )
     answer: dict[str, Any] = {

@@ -12,8 +12,9 @@ from exchange.store.db import Conn
 
 GroupBy = Literal["publisher", "buyer", "campaign", "vertical", "day"]
 
-# Leads per group come from the leads table (publisher, vertical, day) or from the
-# campaigns considered for them (buyer, campaign); money always comes from sales.
+# Leads per group come from the leads table (publisher, vertical, day) or, for a buyer or a
+# campaign, from the leads it was offered (pinged, or bid on as a post-only buyer); money
+# always comes from sales.
 _LEAD_GROUPS = {
     "publisher": ("l.publisher_id", "s.publisher_id", "publisher_id"),
     "vertical": ("l.vertical", "s.vertical", "vertical"),
@@ -45,6 +46,7 @@ async def sales_report(
                 SELECT p.{col} AS grp, count(DISTINCT p.lead_id) AS leads
                 FROM pings p JOIN leads l ON l.lead_id = p.lead_id
                 WHERE l.received_at >= $1 AND l.received_at < $2 AND NOT l.test
+                  AND p.outcome IN ('bid', 'no_bid', 'timeout', 'error', 'fixed_price')
                 GROUP BY 1),
             sold AS (
                 SELECT s.{col} AS grp, count(*) AS sold, sum(s.price_cents) AS revenue,
@@ -87,12 +89,16 @@ async def sales_report(
 async def buyers_report(conn: Conn, start: date, end: date) -> list[dict[str, Any]]:
     """Per buyer: pings, bids, wins, timeouts, latency percentiles and post rejects."""
     lo, hi = _range(start, end)
+    # Leads in range first (index on received_at), then their pings and posts by lead_id:
+    # the range means when leads arrived, as in the sales report, and test leads stay out.
     rows = await conn.fetch(
         """
-        WITH p AS (
+        WITH l AS NOT MATERIALIZED (
+            SELECT lead_id FROM leads
+            WHERE received_at >= $1 AND received_at < $2 AND NOT test),
+        p AS (
             SELECT buyer_id,
-                   count(*) FILTER (WHERE outcome IN ('bid','no_bid','timeout','error')
-                                    AND latency_ms IS NOT NULL OR outcome = 'timeout') AS pings,
+                   count(*) FILTER (WHERE outcome IN ('bid','no_bid','timeout','error')) AS pings,
                    count(*) FILTER (WHERE outcome = 'bid') AS bids,
                    count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
                    count(*) FILTER (WHERE outcome = 'error') AS errors,
@@ -100,7 +106,7 @@ async def buyers_report(conn: Conn, start: date, end: date) -> list[dict[str, An
                        FILTER (WHERE outcome IN ('bid','no_bid')) AS p50,
                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
                        FILTER (WHERE outcome IN ('bid','no_bid')) AS p95
-            FROM pings WHERE created_at >= $1 AND created_at < $2
+            FROM pings JOIN l USING (lead_id)
             GROUP BY buyer_id),
         q AS (
             SELECT buyer_id,
@@ -108,7 +114,10 @@ async def buyers_report(conn: Conn, start: date, end: date) -> list[dict[str, An
                    count(*) FILTER (WHERE state = 'rejected') AS post_rejects,
                    count(*) FILTER (WHERE state = 'failed') AS post_failures,
                    count(*) FILTER (WHERE state = 'unknown') AS post_unknown
-            FROM posts WHERE created_at >= $1 AND created_at < $2
+            FROM posts JOIN l USING (lead_id)
+            -- posts come within a lead's deadline of its arrival: the time range narrows
+            -- them by index before the join (a day of slack covers any deadline).
+            WHERE posts.created_at >= $1 AND posts.created_at < $2 + interval '1 day'
             GROUP BY buyer_id)
         SELECT coalesce(p.buyer_id, q.buyer_id) AS buyer_id, p.pings, p.bids, p.timeouts, p.errors,
                p.p50, p.p95, q.wins, q.post_rejects, q.post_failures, q.post_unknown

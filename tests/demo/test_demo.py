@@ -16,10 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_demo_runs_and_its_summary_matches_postgres(
-    pg_dsn: str, redis_url: str, tmp_path: Path
+    pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: object, tmp_path: Path
 ) -> None:
     out = tmp_path / "summary.json"
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": pg_dsn, "EXCHANGE_REDIS_URL": redis_url}
+    env = {
+        **os.environ,
+        "EXCHANGE_DATABASE_URL": pg_dsn,
+        "EXCHANGE_REDIS_URL": redis_url,
+        "EXCHANGE_REDIS_PREFIX": redis_prefix,  # the fixture deletes the demo's keys after
+    }
     proc = subprocess.run(
         [
             sys.executable,

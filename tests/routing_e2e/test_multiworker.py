@@ -151,7 +151,6 @@ async def test_two_workers_hold_a_cap_exactly_and_sum_their_metrics(
 
         # Both workers took leads, so no single worker's own count can reach the total.
         by_worker = per_worker(prom_dir, "exchange_leads_total")
-        print("BYWORKER", by_worker)
         assert sum(by_worker.values()) == LEADS and len(by_worker) == 2, by_worker
         assert max(by_worker.values()) < LEADS
         for _ in range(6):  # fresh connections: the scrapes land on either worker

@@ -1,0 +1,219 @@
+"""The benchmark's rate search, its verdicts, its report, and one tiny real run.
+
+The search and the report are tested with fake measurements (exact, fast); the real run
+checks the wiring against a real exchange, Postgres and Redis, never the exchange's speed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from loadtests.bench import Criteria, Options, find_sustained, judge, run_bench
+from loadtests.benchdata import BenchResult, CellResult, Search, Step, targets
+from loadtests.report import render_markdown, write_report
+from loadtests.result import LoadResult
+from loadtests.stack import Cell, Timing, fresh_stores
+
+LADDER = (50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0)
+
+
+def _summary(
+    rate: float = 100.0,
+    statuses: dict[str, int] | None = None,
+    latency_ms: float = 20.0,
+    sent: int | None = None,
+    buyer_max_ms: float = 0.0,
+) -> dict[str, Any]:
+    """A real LoadResult's summary for one second at ``rate``."""
+    result = LoadResult("http://x/v1/leads", rate, 1.0, buyer_max_ms)
+    result.sent = int(rate) if sent is None else sent
+    result.send_window_s = 1.0
+    for status, count in (statuses or {"sold": int(rate)}).items():
+        for i in range(count):
+            result.record(i / rate, latency_ms / 1000, 0.0, status)
+    return result.summary()
+
+
+def _step(rate: float, ok: bool, kind: str = "search", **summary: Any) -> Step:
+    return Step(rate, _summary(rate, **summary), [] if ok else ["too slow"], kind)
+
+
+def _capacity(limit: float, noisy: Iterator[bool] | None = None) -> Any:
+    """A fake measure: rates up to ``limit`` pass; ``noisy`` yields extra failures."""
+    calls: list[float] = []
+
+    async def measure(rate: float) -> Step:
+        calls.append(rate)
+        glitch = next(noisy, False) if noisy is not None else False
+        return _step(rate, rate <= limit and not glitch)
+
+    measure.calls = calls  # type: ignore[attr-defined]
+    return measure
+
+
+async def test_search_climbs_to_the_first_confirmed_failure_then_bisects() -> None:
+    measure = _capacity(430)
+    best, steps = await find_sustained(measure, LADDER, refine=2, confirm=1)
+    # 500 fails twice (confirmed), 450 fails twice, 425 passes.
+    assert measure.calls == [50, 100, 200, 300, 400, 500, 500, 450, 450, 425]
+    assert best == 425
+    assert [s.rate for s in steps] == measure.calls
+    assert [s.ok for s in steps][-1] is True
+
+
+async def test_one_failure_that_passes_when_measured_again_counts_as_sustained() -> None:
+    measure = _capacity(1000, noisy=iter([False, False, True]))  # the 200 step glitches once
+    best, steps = await find_sustained(measure, (50, 100, 200, 300), refine=0, confirm=1)
+    assert measure.calls == [50, 100, 200, 200, 300]
+    assert best == 300 and not steps[2].ok and steps[3].ok
+
+
+async def test_when_even_the_lowest_rate_fails_it_bisects_towards_zero() -> None:
+    measure = _capacity(30)
+    best, _ = await find_sustained(measure, (50, 100), refine=1, confirm=0)
+    assert measure.calls == [50, 25]
+    assert best == 25
+    best, _ = await find_sustained(_capacity(10), (50, 100), refine=1, confirm=0)
+    assert best is None
+
+
+async def test_the_top_of_the_ladder_ends_the_search_without_bisecting() -> None:
+    measure = _capacity(10_000)
+    best, steps = await find_sustained(measure, (50, 100), refine=3, confirm=1)
+    assert best == 100 and len(steps) == 2
+
+
+def test_judge_names_every_reason_a_rate_is_not_sustained() -> None:
+    criteria = Criteria(deadline_ms=5000)
+    assert judge(_summary(100), criteria) == []
+    assert judge(_summary(100, statuses={"sold": 96, "unsold": 4}), criteria) == []
+    why = judge(_summary(100, statuses={"sold": 90, "http_503": 10}), criteria)
+    assert why == ["10 × 503"]
+    why = judge(_summary(100, statuses={"sold": 97, "timeout": 2, "http_500": 1}), criteria)
+    assert why == ["errors http_500=1, timeout=2"]
+    assert judge(_summary(100, sent=90), criteria) == ["achieved 90/s"]
+    (slow,) = judge(_summary(100, latency_ms=6000), criteria)
+    assert slow.startswith("p99 6") and slow.endswith(" ms")
+    why = judge(_summary(100, statuses={"sold": 80, "unsold": 20}), criteria)
+    assert why == ["sold 80%"]
+
+
+def _result(ex_sustained: float, base_sustained: float, over: Step, half_ms: float) -> BenchResult:
+    ex = Search("exchange", 1, sustained=ex_sustained)
+    ex.steps = [
+        _step(ex_sustained, True),
+        _step(ex_sustained * 1.5, False),
+        _step(ex_sustained / 2, True, "half", latency_ms=half_ms),
+        over,
+    ]
+    ex.steps[2].percentiles = [(50.0, half_ms / 2), (99.0, half_ms)]
+    base = Search("baseline", 1, sustained=base_sustained, steps=[_step(base_sustained, True)])
+    cell = CellResult(Cell("10x0ms", 10), 0.0, [base, ex])
+    return BenchResult(
+        started="2026-01-01 00:00:00 UTC",
+        command="python -m loadtests.bench --quick",
+        machine={"cpus": 2, "cpu_model": "test", "python": "3.11", "commit": "abc"},
+        timing=Timing(),
+        step_s=3.0,
+        criteria={"min_achieved_share": 0.95, "min_sold_share": 0.95, "ladder": [50]},
+        cells=[cell],
+        notes=["a note"],
+    )
+
+
+def test_targets_judge_ratio_overhead_and_overload() -> None:
+    good_over = _step(400, True, "overload", statuses={"sold": 180, "http_503": 220})
+    result = _result(200, 300, good_over, half_ms=8.0)
+    by_name = {t.name: t for t in targets(result)}
+    assert by_name["throughput 10x0ms, 1w"].measured == "0.67"
+    assert by_name["throughput 10x0ms, 1w"].met is True
+    assert by_name["overhead 10x0ms, 1w"].met is True
+    assert by_name["overload 10x0ms, 1w"].met is True  # 180/s of a 200/s peak, rest refused
+
+    queued = _step(400, False, "overload", statuses={"sold": 100, "timeout": 300})
+    result = _result(100, 300, queued, half_ms=15.0)
+    by_name = {t.name: t for t in targets(result)}
+    assert by_name["throughput 10x0ms, 1w"].met is False
+    assert by_name["overhead 10x0ms, 1w"].met is False
+    assert by_name["overload 10x0ms, 1w"].met is False
+    assert "timeout=300" in by_name["overload 10x0ms, 1w"].measured
+
+
+def test_report_writes_markdown_png_and_json_that_round_trips(tmp_path: Path) -> None:
+    over = _step(400, True, "overload", statuses={"sold": 180, "http_503": 220})
+    result = _result(200, 300, over, half_ms=8.0)
+    paths = write_report(result, tmp_path)
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = paths["report"].read_text()
+    assert "| 10 buyers at 0 ms | 200 | 300 | 0.67 |" in text
+    assert "![latency](latency.png)" in text and "2 CPU cores" in text
+    again = BenchResult.from_json(json.loads(paths["results"].read_text()))
+    assert again == result
+    assert render_markdown(again) == text
+
+
+async def test_fresh_stores_drop_the_database_and_only_their_own_keys(
+    pg_admin_dsn: str, redis_url: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with fresh_stores(pg_admin_dsn, redis_url) as stores:
+            other = stores.redis_prefix.replace("bench:", "bench-other:")
+            await client.set(stores.redis_prefix + "k1", 1)
+            await client.set(other + "k1", 1)
+            conn = await asyncpg.connect(stores.database_url)
+            await conn.close()  # the database exists while the block runs
+        name = stores.database_url.rsplit("/", 1)[1]
+        admin = await asyncpg.connect(pg_admin_dsn)
+        try:
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        finally:
+            await admin.close()
+        assert exists is None
+        assert await client.exists(stores.redis_prefix + "k1") == 0
+        assert await client.exists(other + "k1") == 1
+    finally:
+        await client.delete(other + "k1")
+        await client.aclose()
+
+
+async def test_a_tiny_matrix_against_a_real_exchange_and_baseline(
+    tmp_path: Path, pg_admin_dsn: str, redis_url: str
+) -> None:
+    opts = Options(
+        cells=(Cell("tiny", 2),),
+        workers=(1,),
+        ladder=(20.0,),
+        step_s=0.5,
+        warm_up_s=0.5,
+        settle_s=0.2,
+        refine=0,
+        confirm=0,
+        quiet_wait_s=0.0,
+        admin_dsn=pg_admin_dsn,
+        redis_url=redis_url,
+        out=tmp_path,
+    )
+    result = await run_bench(opts)
+    (cell,) = result.cells
+    assert [(s.server, s.error) for s in cell.searches] == [("baseline", None), ("exchange", None)]
+    ex = cell.search("exchange", 1)
+    assert ex is not None
+    kinds = [s.kind for s in ex.steps]
+    assert kinds == (["search", "half", "overload"] if ex.sustained else ["search"])
+    first = ex.steps[0]
+    assert first.summary["sent"] == 10
+    assert set(first.summary["statuses"]) <= {"sold", "unsold", "http_503"}
+    # Every lead pinged both buyers, signed, with no personal data in the ping.
+    assert first.fleet["pings"] == 2 * first.summary["answered"]
+    assert first.fleet["bad_signatures"] == 0 and first.fleet["pii_pings"] == 0
+    assert first.cpu["server_s"] > 0
+    assert ex.resources["rss_mb_start"] > 0
+    text = write_report(result, tmp_path)["report"].read_text()
+    assert "## 2 buyers at 0 ms" in text and "| exchange 1w | search | 20 |" in text
