@@ -138,9 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
         EXCHANGE_CONFIG_DIR=str(settings.config_dir),
         EXCHANGE_MIGRATE_ON_START="false",
     )
-    if args.workers > 1:
-        from exchange.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+    from exchange.observability.multiproc import MULTIPROC_ENV, prepare_multiprocess_dir
 
+    if args.workers > 1 or os.environ.get(MULTIPROC_ENV):
         metrics_dir = Path(
             os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="exchange-metrics-")
         )

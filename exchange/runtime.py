@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from exchange.auction.sell import AuctionDeps
-from exchange.catalog import Catalog, ConfigError
+from exchange.catalog import Catalog, ConfigError, load_config_texts, read_config_texts
+from exchange.catalog.channel import ConfigChannel
 from exchange.intake.guard import Guard
 from exchange.observability import record
 from exchange.routing.caps import CapStore
@@ -43,6 +44,7 @@ class Runtime:
     transport: Transport
     guard: Guard
     auction: AuctionDeps
+    channel: ConfigChannel
     paused: set[str] = field(default_factory=set)
     in_flight: int = 0
     # Per worker: N workers admit up to N times a publisher's rate (the README says so).
@@ -66,9 +68,18 @@ class Runtime:
         prefix = settings.redis_prefix
         caps = CapStore(redis, prefix)
         paused: set[str] = set()
-        auction = AuctionDeps(transport, caps, redis, prefix, BuyerHealth(), paused)
+        h = catalog.settings.buyer_health
+        health = BuyerHealth(
+            window=h.window,
+            min_samples=h.min_samples,
+            fail_ratio=h.fail_ratio,
+            probe_every_s=h.probe_every_ms / 1000,
+            recover_after=h.recover_after,
+        )
+        auction = AuctionDeps(transport, caps, redis, prefix, health, paused)
         guard = Guard(redis, prefix, settings.idempotency_days * 86400)
-        rt = cls(settings, catalog, pool, redis, transport, guard, auction, paused)
+        channel = ConfigChannel(redis, prefix)
+        rt = cls(settings, catalog, pool, redis, transport, guard, auction, channel, paused)
         if await caps.is_empty():
             # Redis lost its counters (or never had them): Postgres holds the truth.
             async with pool.acquire() as conn:
@@ -76,8 +87,8 @@ class Runtime:
                 written = await caps.rebuild(conn, targets, datetime.now(UTC))
             log.info("cap counters rebuilt from Postgres", extra={"keys": written})
         await rt.refresh_paused()
-        raw_version = await redis.get(f"{prefix}config:version")
-        catalog.version = int(raw_version) if raw_version is not None else 0
+        # Start from the files on disk, as of the latest published version.
+        catalog.version = await rt.channel.version()
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
         rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))
         return rt
@@ -90,19 +101,16 @@ class Runtime:
         """Leads in flight keep the catalog they started with; new leads see this one."""
         self.catalog = catalog
 
-    @property
-    def _version_key(self) -> str:
-        return f"{self.settings.redis_prefix}config:version"
-
     async def reload(self) -> int:
-        """Load and validate the config dir, swap it in here, and tell the other workers.
+        """Load and validate the config dir, swap it in here, and publish it to the others.
 
         A bad config raises ConfigError and changes nothing anywhere.
         """
-        catalog = Catalog.load(self.settings.config_dir)
+        texts = read_config_texts(self.settings.config_dir)
+        catalog = Catalog(load_config_texts(texts))
         try:
-            version = int(await self.redis.incr(self._version_key))
-        except OSError as exc:
+            version = await self.channel.publish(texts)
+        except (RedisError, OSError) as exc:
             raise ReloadError(f"redis unreachable: {exc}") from exc
         catalog.version = version
         self.swap_catalog(catalog)
@@ -110,13 +118,15 @@ class Runtime:
         return version
 
     async def _follow_reloads(self) -> None:
-        """Reload when another worker has published a newer config version."""
-        raw = await self.redis.get(self._version_key)
-        version = int(raw) if raw is not None else 0
-        if version > self.catalog.version:
-            catalog = Catalog.load(self.settings.config_dir, version)
-            self.swap_catalog(catalog)
-            log.info("config reloaded (published by another worker)", extra={"version": version})
+        """Adopt the config another worker published, exactly as it published it."""
+        if await self.channel.version() <= self.catalog.version:
+            return
+        latest = await self.channel.latest()
+        if latest is None or latest[0] <= self.catalog.version:
+            return
+        version, texts = latest
+        self.swap_catalog(Catalog(load_config_texts(texts), version))
+        log.info("config reloaded (published by another worker)", extra={"version": version})
 
     async def set_paused(self, campaign_id: str, paused: bool) -> None:
         async with self.pool.acquire() as conn:

@@ -75,7 +75,11 @@ async def sell(
     screened = screen(catalog.by_vertical.get(lead.vertical, ()), lead, now, deps.paused)
     for ex in screened.excluded:
         _note(state, ex.target, ex.reason, ex.reason, detail=ex.detail)
-    capped = await deps.caps.capped(screened.eligible, now) if screened.eligible else set()
+    capped = (
+        await deps.caps.capped(screened.eligible, now, vertical.floor)
+        if screened.eligible
+        else set()
+    )
 
     reserve = min(settings.post_timeout_ms, settings.deadline_ms - settings.tmax_ms)
     phase_ms = min(float(settings.tmax_ms), deadline.remaining_ms() - reserve)

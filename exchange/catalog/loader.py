@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,17 +51,27 @@ class _Merged:
     issues: list[ConfigIssue] = field(default_factory=list)
 
 
-def load_config(directory: str | Path) -> Config:
-    """The validated config of a directory, or ConfigError with every issue in it."""
+def read_config_texts(directory: str | Path) -> dict[str, str]:
+    """The text of every ``*.yaml`` of a config dir, by file name, in merge order."""
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError([ConfigIssue(str(root), "", "config directory not found")])
     files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
     if not files:
         raise ConfigError([ConfigIssue(str(root), "", "no *.yaml files in the config directory")])
+    return {path.name: path.read_text(encoding="utf-8") for path in files}
+
+
+def load_config(directory: str | Path) -> Config:
+    """The validated config of a directory, or ConfigError with every issue in it."""
+    return load_config_texts(read_config_texts(directory))
+
+
+def load_config_texts(texts: Mapping[str, str]) -> Config:
+    """The validated config of file texts (name -> YAML), merged in the order given."""
     merged = _Merged(data={"settings": {}, "verticals": {}, "publishers": [], "buyers": []})
-    for path in files:
-        _merge_file(path, merged)
+    for name, text in texts.items():
+        _merge_text(name, text, merged)
     if merged.issues:
         raise ConfigError(merged.issues)
     try:
@@ -76,10 +87,9 @@ def load_config(directory: str | Path) -> Config:
     return config
 
 
-def _merge_file(path: Path, merged: _Merged) -> None:
-    name = path.name
+def _merge_text(name: str, text: str, merged: _Merged) -> None:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         merged.issues.append(ConfigIssue(name, "", f"not valid YAML: {exc}"))
         return

@@ -80,6 +80,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class HealthSettings(_Strict):
+    """When a buyer that keeps failing pings is throttled, and how it earns its way back."""
+
+    window: int = Field(20, ge=2, le=10_000)  # recent pings looked at
+    min_samples: int = Field(10, ge=1, le=10_000)
+    fail_ratio: float = Field(0.5, gt=0, le=1)  # timeouts + errors share that throttles
+    probe_every_ms: int = Field(1000, ge=10, le=600_000)  # one probe ping this often
+    recover_after: int = Field(3, ge=1, le=1000)  # good probes in a row to recover
+
+
 class ExchangeSettings(_Strict):
     tmax_ms: int = Field(300, ge=10, le=10_000)
     post_timeout_ms: int = Field(2000, ge=10, le=60_000)
@@ -89,6 +99,7 @@ class ExchangeSettings(_Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=4 * 1024 * 1024)
     max_leads_in_flight: int = Field(256, ge=1, le=100_000)
     publisher_rate_per_second: int = Field(200, ge=1, le=1_000_000)
+    buyer_health: HealthSettings = HealthSettings()
 
     @model_validator(mode="after")
     def _ordered(self) -> ExchangeSettings:

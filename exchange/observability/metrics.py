@@ -41,8 +41,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exchange import __version__
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from exchange.observability.multiproc import MULTIPROC_ENV as MULTIPROC_ENV
+from exchange.observability.multiproc import (
+    prepare_multiprocess_dir as prepare_multiprocess_dir,
+)
 
 # Some prometheus_client helpers are untyped; these are their real signatures.
 _disable_created_metrics: Callable[[], None] = disable_created_metrics
@@ -225,18 +227,6 @@ def multiprocess_dir() -> Path | None:
     """The shared metrics directory when running as one of several workers, else None."""
     value = os.environ.get(MULTIPROC_ENV)
     return Path(value) if value else None
-
-
-def prepare_multiprocess_dir(path: Path) -> None:
-    """Empty ``path`` (stale files would add old counts) and export it to the workers.
-
-    Call it in the parent before any worker starts: the workers inherit the environment
-    and must import prometheus_client with the variable already set.
-    """
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):  # only our files: the path may be shared, e.g. /tmp
-        stale.unlink()
-    os.environ[MULTIPROC_ENV] = str(path)
 
 
 def mark_worker_dead(pid: int) -> None:

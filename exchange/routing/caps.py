@@ -191,8 +191,14 @@ class CapStore:
             for limit in limits
         ]
 
-    async def capped(self, targets: Sequence[Target], now: datetime) -> set[str]:
-        """Campaign ids at or over any cap or budget: one round trip for all of them."""
+    async def capped(
+        self, targets: Sequence[Target], now: datetime, floor_cents: int = 0
+    ) -> set[str]:
+        """Campaign ids at or over any cap or budget: one round trip for all of them.
+
+        A budget with less left than the least the campaign could pay (the vertical's
+        ``floor_cents`` or its own price) counts as spent: pinging it would be wasted.
+        """
         zones: dict[str, PeriodKeys] = {}
         checks = [(t, slots) for t in targets if (slots := self._current(t, now, zones))]
         if not checks:
@@ -207,7 +213,9 @@ class CapStore:
             target.campaign.id
             for (target, slots), values in zip(checks, results, strict=True)
             if _over(
-                target, [(limit, _int(v)) for (limit, _, _), v in zip(slots, values, strict=True)]
+                target,
+                [(limit, _int(v)) for (limit, _, _), v in zip(slots, values, strict=True)],
+                floor_cents,
             )
         }
 
@@ -290,13 +298,13 @@ def _windows(targets: Sequence[Target]) -> dict[tuple[str, Period], str]:
     return windows
 
 
-def _over(target: Target, used: list[tuple[Limit, int]]) -> bool:
-    """At a count cap, or too little budget left for even the campaign's own price."""
-    price = target.campaign.price
+def _over(target: Target, used: list[tuple[Limit, int]], floor_cents: int = 0) -> bool:
+    """At a count cap, or too little budget left for the least the campaign could pay."""
+    least = max(floor_cents, target.campaign.price or 0)
     for limit, value in used:
         if limit.spend:
             left = limit.limit - value
-            if left <= 0 or (price is not None and left < price):
+            if left <= 0 or left < least:
                 return True
         elif value >= limit.limit:
             return True

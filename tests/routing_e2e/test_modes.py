@@ -149,7 +149,7 @@ async def test_post_only_buyer_competes_with_its_fixed_price(
     assert await sales_of(pg, wins["lead_id"]) == [("fixed", "fixed-c", 900)]
     story = await ex.story(wins["lead_id"])
     assert reasons(story) == {"fixed-c": "sold", "bidder-c": "outbid"}
-    assert pings_by_campaign(story)["fixed-c"]["outcome"] == "bid"
+    assert pings_by_campaign(story)["fixed-c"]["outcome"] == "fixed_price"  # offered, not pinged
     assert [p["price"] for p in fixed.posts] == ["9.00"]
 
     bidder.price = "12.00"

@@ -194,12 +194,6 @@ async def _reload_reaches_both_workers(
     return sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli._serve imports exchange.observability.metrics (which creates its metric "
-    "files in PROMETHEUS_MULTIPROC_DIR at import) before prepare_multiprocess_dir() makes the "
-    "dir, so serve --workers 2 dies with FileNotFoundError",
-)
 async def test_serve_creates_a_missing_metrics_dir(
     pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
