@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import platform
 import shlex
@@ -202,6 +203,7 @@ async def _search(
     search = Search(server, workers)
     try:
         if server == "exchange":
+            search.resources["exchange_code"] = code_digest()
             async with fresh_stores(opts.admin_dsn, opts.redis_url) as stores:
                 proc = await asyncio.to_thread(start_exchange, config, workers, stores)
                 await _measure_server(opts, criteria, cell, fleet, proc, search, stores, result)
@@ -266,6 +268,15 @@ def _profile_here(opts: Options, cell: CellResult, search: Search) -> bool:
 def _progress(cell: Cell, search: Search) -> None:
     found = search.error or f"sustained {search.sustained}"
     print(f"[bench] {cell.name} {search.label}: {found}", file=sys.stderr, flush=True)
+
+
+def code_digest() -> str:
+    """A short hash of exchange/*.py as it is now: other engineers edit the working tree,
+    so each exchange start records which code it ran."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "exchange").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def machine() -> dict[str, Any]:

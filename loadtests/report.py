@@ -90,8 +90,9 @@ def render_markdown(result: BenchResult, plot_name: str = PLOT_NAME) -> str:
         lines += ["", *_soak(result.soak)]
     for cell in result.cells:
         lines += ["", *_cell_section(cell)]
-    if result.notes:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in result.notes)]
+    notes = [*result.notes, *_code_notes(result)]
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +199,20 @@ def _profile(profile: dict[str, Any]) -> list[str]:
     for row in profile.get("by_library", [])[:12]:
         lines.append(f"| {row['name']} | {row['share']:.1%} |")
     return lines
+
+
+def _code_notes(result: BenchResult) -> list[str]:
+    """Say so when the exchange's code changed between server starts of one run."""
+    seen = [
+        (cell.cell.name, s.label, s.resources["exchange_code"])
+        for cell in result.cells
+        for s in cell.searches
+        if "exchange_code" in s.resources
+    ]
+    if len({code for _, _, code in seen}) <= 1:
+        return []
+    runs = ", ".join(f"{name} {label}: `{code}`" for name, label, code in seen)
+    return [f"The exchange's code changed during the run (hash of exchange/*.py): {runs}."]
 
 
 def _soak(soak: dict[str, Any]) -> list[str]:

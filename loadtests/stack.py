@@ -205,10 +205,9 @@ async def drop_stores(admin_dsn: str, stores: Stores) -> None:
 
 
 def start_exchange(config_dir: Path, workers: int, stores: Stores, port: int = 0) -> Proc:
-    """``exchange serve`` on the stores, its metrics dir inside the config dir's parent."""
+    """``exchange serve`` on the stores; with several workers their metrics files go into a
+    dir next to the config (one worker keeps prometheus' cheaper in-process mode)."""
     port = port or free_port()
-    metrics_dir = config_dir.parent / f"metrics-{port}"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "exchange.cli", "serve", "--workers", str(workers)]
     argv += ["--port", str(port), "--config", str(config_dir)]
     env = {
@@ -216,8 +215,11 @@ def start_exchange(config_dir: Path, workers: int, stores: Stores, port: int = 0
         "EXCHANGE_REDIS_URL": stores.redis_url,
         "EXCHANGE_REDIS_PREFIX": stores.redis_prefix,
         "EXCHANGE_LOG_LEVEL": "WARNING",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
+    if workers > 1:
+        metrics_dir = config_dir.parent / f"metrics-{port}"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     proc = start_command(argv, ready_url=f"http://127.0.0.1:{port}/healthz", env=env)
     proc.ready = {"url": f"http://127.0.0.1:{port}", "workers": workers}
     return proc
