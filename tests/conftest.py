@@ -12,13 +12,13 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from exchange.store.db import migrate
+from tests.kit.db import admin_sql, scratch_database, with_db
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +33,6 @@ def _store_urls() -> tuple[str, str]:
     stores = EmbeddedStores(ROOT / ".exchange-data" / "test")
     urls = stores.start()
     return db or urls.database_url, rd or urls.redis_url
-
-
-def _with_db(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")
@@ -64,35 +59,17 @@ def run_id() -> str:
 async def pg_template(pg_admin_dsn: str, run_id: str) -> AsyncIterator[str]:
     """A migrated database that each test clones; dropped when the session ends."""
     name = f"exchange_tmpl_{run_id}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    await migrate(_with_db(pg_admin_dsn, name))
+    await admin_sql(pg_admin_dsn, f'CREATE DATABASE "{name}"')
+    await migrate(with_db(pg_admin_dsn, name))
     yield name
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await admin_sql(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh migrated database of this test's own."""
-    name = f"exchange_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await admin.close()
-    yield _with_db(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_dsn, "exchange_t", pg_template) as dsn:
+        yield dsn
 
 
 @pytest.fixture

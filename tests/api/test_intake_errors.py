@@ -11,9 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -21,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kit.buyers import Buyer
+from tests.kit.db import scratch_database
 from tests.kit.exchange import (
     ADMIN,
     PUB_KEY,
@@ -38,18 +37,8 @@ MAX_BODY = 64 * 1024
 
 @pytest.fixture(scope="module")
 async def intake_db(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
-    name = f"exchange_intake_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await admin.close()
-    yield urlunsplit(urlsplit(pg_admin_dsn)._replace(path="/" + name))
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_dsn, "exchange_intake", pg_template) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
