@@ -44,6 +44,7 @@ def create_app(settings: AppSettings, catalog: Catalog | None = None) -> FastAPI
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+        rt.admission.settle()
         try:
             yield
         finally:

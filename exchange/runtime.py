@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from exchange.auction.sell import AuctionDeps
 from exchange.catalog import Catalog, ConfigError, load_config_texts, read_config_texts
 from exchange.catalog.channel import ConfigChannel
+from exchange.intake.admission import Admission
 from exchange.intake.guard import Guard
 from exchange.observability import record
 from exchange.routing.caps import CapStore
@@ -46,7 +47,7 @@ class Runtime:
     auction: AuctionDeps
     channel: ConfigChannel
     paused: set[str] = field(default_factory=set)
-    in_flight: int = 0
+    admission: Admission = field(default_factory=lambda: Admission(256, 100))
     # Per worker: N workers admit up to N times a publisher's rate (the README says so).
     limiter: SlidingWindowCounterRateLimiter = field(
         default_factory=lambda: SlidingWindowCounterRateLimiter(MemoryStorage())
@@ -89,6 +90,10 @@ class Runtime:
         await rt.refresh_paused()
         # Start from the files on disk, as of the latest published version.
         catalog.version = await rt.channel.version()
+        rt.admission = Admission(
+            catalog.settings.max_leads_in_flight, catalog.settings.max_loop_lag_ms
+        )
+        rt.admission.start()
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
         rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))
         return rt
@@ -100,6 +105,8 @@ class Runtime:
     def swap_catalog(self, catalog: Catalog) -> None:
         """Leads in flight keep the catalog they started with; new leads see this one."""
         self.catalog = catalog
+        self.admission.max_in_flight = catalog.settings.max_leads_in_flight
+        self.admission.max_lag_ms = catalog.settings.max_loop_lag_ms
 
     async def reload(self) -> int:
         """Load and validate the config dir, swap it in here, and publish it to the others.
@@ -173,6 +180,7 @@ class Runtime:
             await asyncio.sleep(every_s)
 
     async def close(self) -> None:
+        self.admission.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -238,9 +238,7 @@ async def _measure_server(
     try:
         await prober.warm_up()
         if opts.quiet_wait_s > 0:
-            quiet = await wait_quiet(
-                prober.process_groups(), opts.max_background, opts.quiet_wait_s
-            )
+            quiet = await wait_quiet(prober.process_groups, opts.max_background, opts.quiet_wait_s)
             search.resources |= {f"{k}_before": v for k, v in quiet.items()}
         start = await asyncio.to_thread(resources, proc)
         search.sustained, search.steps = await find_sustained(

@@ -40,6 +40,14 @@ class Step:
     def goodput(self) -> float:
         return float(self.summary.get("goodput", 0.0))
 
+    @property
+    def sold_rate(self) -> float:
+        """Leads sold per second: a lead answered unsold because its pings timed out is
+        answered, but it is not the work the exchange exists for."""
+        sent = self.summary.get("sent", 0)
+        sold = self.summary["statuses"].get("sold", 0)
+        return sold * float(self.summary["achieved_rate"]) / sent if sent else 0.0
+
     def latency(self, key: str, answered: bool = True) -> float:
         table = self.summary["answered_latency_ms" if answered else "latency_ms"]
         return float(table[key])
@@ -64,8 +72,8 @@ class Search:
         return next((s for s in self.steps if s.kind == kind), None)
 
     @property
-    def peak_goodput(self) -> float:
-        return max((s.goodput for s in self.steps if s.kind == "search" and s.ok), default=0.0)
+    def peak_sold_rate(self) -> float:
+        return max((s.sold_rate for s in self.steps if s.kind == "search" and s.ok), default=0.0)
 
 
 @dataclass
@@ -176,18 +184,18 @@ def _cell_targets(result: BenchResult, cell: CellResult, workers: int) -> list[T
 
 
 def _overload_target(result: BenchResult, where: str, ex: Search, over: Step) -> Target:
-    peak = ex.peak_goodput
-    share = over.goodput / peak if peak else 0.0
+    peak = ex.peak_sold_rate
+    share = over.sold_rate / peak if peak else 0.0
     p99 = over.latency("p99")
     queued = {k: v for k, v in over.summary["statuses"].items() if k not in _REFUSAL_OK}
     # Refused, not queued: no timeouts or dropped connections, only answers and 503s.
     met = share >= OVERLOAD_GOODPUT_MIN and p99 < result.timing.deadline_ms and not queued
-    measured = f"goodput {share:.0%} of peak, answered p99 {p99:.0f} ms"
+    measured = f"sold/s {share:.0%} of peak, answered p99 {p99:.0f} ms"
     measured += f", {over.summary['refused_503']} × 503"
     if queued:
         measured += ", other failures " + ", ".join(f"{k}={v}" for k, v in queued.items())
     goal = (
-        f"at 2× sustained: goodput ≥ {OVERLOAD_GOODPUT_MIN:.0%} of peak, answered p99 < "
+        f"at 2× sustained: goodput (sold/s) ≥ {OVERLOAD_GOODPUT_MIN:.0%} of peak, answered p99 < "
         "deadline, excess refused (503) not timed out"
     )
     return Target(f"overload {where}", goal, measured, met)

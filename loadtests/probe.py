@@ -30,7 +30,15 @@ from loadtests.generator import run_open_loop
 from loadtests.leads import LeadFactory
 from loadtests.procs import Proc
 from loadtests.result import LoadResult
-from loadtests.stack import BENCH_KEY, CpuMeter, Stores, busiest_worker, postgres_backends, tree
+from loadtests.stack import (
+    BENCH_KEY,
+    CpuMeter,
+    Stores,
+    busiest_worker,
+    postgres_backends,
+    redis_servers,
+    tree,
+)
 
 PERCENTILES = (0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99)
 FLEET_COUNTERS = ("pings", "bids", "posts", "accepts", "bad_signatures", "pii_pings", "hangs")
@@ -125,12 +133,12 @@ class Prober:
 
     async def measure(self, rate: float, kind: str = "search", duration_s: float = 0.0) -> Step:
         await self._fleet_call("POST", "/_reset")
-        meter = CpuMeter(self.process_groups())
+        meter = CpuMeter(self.process_groups)
         meter.start()
         result = await self.load(rate, duration_s or self.step_s)
         cpu = meter.stop()
         answered = max(result.answered, 1)
-        for group in ("server", "db"):
+        for group in ("server", "db", "redis"):
             cpu[f"{group}_ms_per_lead"] = round(cpu.get(f"{group}_s", 0.0) * 1000 / answered, 3)
         stats = await self._fleet_call("GET", "/_stats")
         totals = stats.get("totals", {}) if isinstance(stats, dict) else {}
@@ -172,6 +180,7 @@ class Prober:
             "db": postgres_backends(db) if db else [],
             "fleet": tree(self.fleet),
             "generator": [psutil.Process()],
+            "redis": redis_servers(),  # shared: other users' commands count here too
         }
 
     async def _fleet_call(self, method: str, path: str) -> Any:

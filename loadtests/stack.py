@@ -22,7 +22,7 @@ import hashlib
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,43 +273,68 @@ def postgres_backends(database: str) -> list[psutil.Process]:
     return found
 
 
+def redis_servers() -> list[psutil.Process]:
+    """The machine's redis-server processes (shared with other users of that Redis)."""
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
+
+
+Groups = Callable[[], dict[str, list[psutil.Process]]]
+
+
 @dataclass
 class CpuMeter:
     """How busy the machine was during a step, and how much of that was somebody else.
 
-    ``groups`` name our processes (server, its DB backends, fleet, generator); what the
-    machine was busy with beyond them is *background*: other engineers' runs on this box.
+    ``groups()`` names our processes by role (server, its DB backends, fleet, generator…);
+    it is asked again at :meth:`stop`, so a DB connection opened mid-step counts from its
+    start. What the machine was busy with beyond the groups is *background*: other
+    engineers' runs on this box.
     """
 
-    groups: dict[str, list[psutil.Process]]
-    _start: dict[str, float] = field(default_factory=dict)
+    groups: Groups
+    _cpu: dict[tuple[str, int], float] = field(default_factory=dict)
+    _busy: float = 0.0
+    _wall: float = 0.0
+    _epoch: float = 0.0
 
     def start(self) -> None:
-        self._start = self._read()
+        self._cpu = self._per_process()
+        self._busy, self._wall, self._epoch = _busy_s(), time.monotonic(), time.time()
 
     def stop(self) -> dict[str, float]:
         """Per group CPU seconds (``<group>_s``) and shares of the whole machine (1.0 = every
         core busy) since :meth:`start`, with ``busy`` and ``background`` shares."""
-        now = self._read()
-        spent = {k: now[k] - self._start.get(k, 0.0) for k in now}
-        capacity = max(spent.pop("wall"), 1e-6) * (psutil.cpu_count() or 1)
-        busy = spent.pop("busy")
+        spent: dict[str, float] = {}
+        for (name, pid), now in self._per_process().items():
+            before = self._cpu.get((name, pid))
+            if before is None and not self._born_since_start(pid):
+                continue  # unknown before the step: its time cannot be split
+            spent[name] = spent.get(name, 0.0) + now - (before or 0.0)
+        capacity = max(time.monotonic() - self._wall, 1e-6) * (psutil.cpu_count() or 1)
+        busy = _busy_s() - self._busy
         out = {f"{k}_s": round(v, 3) for k, v in spent.items()}
         out |= {k: round(v / capacity, 3) for k, v in spent.items()}
         out["busy"] = round(busy / capacity, 3)
         out["background"] = round(max(busy - sum(spent.values()), 0.0) / capacity, 3)
         return out
 
-    def _read(self) -> dict[str, float]:
-        t = psutil.cpu_times()
-        busy = t.user + t.system + t.nice + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-        found = {name: cpu_seconds(procs) for name, procs in self.groups.items()}
-        return {**found, "busy": busy, "wall": time.monotonic()}
+    def _per_process(self) -> dict[tuple[str, int], float]:
+        return {
+            (name, p.pid): cpu_seconds([p]) for name, procs in self.groups().items() for p in procs
+        }
+
+    def _born_since_start(self, pid: int) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(pid).create_time() >= self._epoch - 0.5
+        return False
 
 
-async def wait_quiet(
-    groups: dict[str, list[psutil.Process]], max_background: float, max_wait_s: float
-) -> dict[str, float]:
+def _busy_s() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + t.nice + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+async def wait_quiet(groups: Groups, max_background: float, max_wait_s: float) -> dict[str, float]:
     """Wait (up to ``max_wait_s``) until other processes use at most ``max_background`` of
     the machine over a 2 s window; the last window's shares and how long it waited."""
     waited = 0.0

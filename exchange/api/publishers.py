@@ -14,9 +14,11 @@ from starlette.responses import Response
 
 from exchange.api.auth import require_publisher, runtime
 from exchange.api.problems import problem
+from exchange.catalog.models import Publisher
 from exchange.intake.submit import submit_lead
 from exchange.intake.validate import Invalid
 from exchange.observability import record
+from exchange.runtime import Runtime
 
 router = APIRouter()
 _RETRY = {"Retry-After": "1"}
@@ -27,31 +29,19 @@ async def post_lead(request: Request) -> Response:
     arrival = time.monotonic()
     rt = runtime(request)
     publisher = require_publisher(rt, request)
-    settings = rt.catalog.settings
-    rate = RateLimitItemPerSecond(publisher.rate_per_second or settings.publisher_rate_per_second)
-    if not rt.limiter.hit(rate, publisher.id):
-        reset = rt.limiter.get_window_stats(rate, publisher.id).reset_time
-        record.refused("rate_limited")
-        retry = str(max(1, math.ceil(reset - time.time())))
-        return problem(
-            429, "Too many requests", "publisher rate limit", headers={"Retry-After": retry}
-        )
-    if rt.in_flight >= settings.max_leads_in_flight:
-        # Refuse at once rather than queue: queued leads would all miss their deadline.
-        record.refused("overload")
-        return problem(
-            503, "Service unavailable", "too many leads in flight", headers={"Retry-After": "1"}
-        )
-    raw = await _read_body(request, settings.max_body_bytes)
+    refused = _gate(rt, publisher)
+    if refused is not None:
+        return refused
+    limit = rt.catalog.settings.max_body_bytes
+    raw = await _read_body(request, limit)
     if raw is None:
-        return problem(
-            413, "Request too large", f"the body is limited to {settings.max_body_bytes} bytes"
-        )
+        return problem(413, "Request too large", f"the body is limited to {limit} bytes")
     idem = request.headers.get("idempotency-key")
     if idem is not None and not 1 <= len(idem) <= 128:
         return problem(400, "Bad request", "Idempotency-Key must be 1-128 characters")
-    rt.in_flight += 1
-    record.in_flight(rt.in_flight)
+    admission = rt.admission
+    admission.in_flight += 1
+    record.in_flight(admission.in_flight)
     try:
         answer = await submit_lead(rt, publisher, raw, idem, arrival)
     except Invalid as exc:
@@ -64,10 +54,29 @@ async def post_lead(request: Request) -> Response:
         record.store_error("postgres", "lead")
         return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
     finally:
-        rt.in_flight -= 1
-        record.in_flight(rt.in_flight)
+        admission.in_flight -= 1
+        record.in_flight(admission.in_flight)
     headers = {"Idempotent-Replayed": "true"} if answer.repeat else None
     return Response(orjson.dumps(answer.body), media_type="application/json", headers=headers)
+
+
+def _gate(rt: Runtime, publisher: Publisher) -> Response | None:
+    """A 429 or 503 when the lead must be refused before any work, else None."""
+    settings = rt.catalog.settings
+    rate = RateLimitItemPerSecond(publisher.rate_per_second or settings.publisher_rate_per_second)
+    if not rt.limiter.hit(rate, publisher.id):
+        reset = rt.limiter.get_window_stats(rate, publisher.id).reset_time
+        record.refused("rate_limited")
+        retry = str(max(1, math.ceil(reset - time.time())))
+        return problem(
+            429, "Too many requests", "publisher rate limit", headers={"Retry-After": retry}
+        )
+    refusal = rt.admission.refusal()
+    if refusal is not None:
+        # Refuse at once rather than queue: queued leads would all miss their deadline.
+        record.refused("overload")
+        return problem(503, "Service unavailable", refusal, headers=_RETRY)
+    return None
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

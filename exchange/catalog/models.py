@@ -98,6 +98,9 @@ class ExchangeSettings(_Strict):
     min_ping_ms: int = Field(20, ge=1, le=10_000)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=4 * 1024 * 1024)
     max_leads_in_flight: int = Field(256, ge=1, le=100_000)
+    # A worker whose event loop runs this late on average is saturated: new leads are
+    # refused (503) rather than queued past their deadline.
+    max_loop_lag_ms: int = Field(100, ge=5, le=60_000)
     publisher_rate_per_second: int = Field(200, ge=1, le=1_000_000)
     buyer_health: HealthSettings = HealthSettings()
 
