@@ -33,6 +33,27 @@ import psutil
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 TOP = 25
+# Where a sample's CPU belongs: the area of its inner-most frame that has one.
+_REDIS = ("redis/", "exchange/intake/guard.py", "exchange/routing/caps.py")
+_HTTP_SERVER = ("uvicorn/", "fastapi/", "starlette/", "httptools/", "exchange/api/")
+AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Postgres (asyncpg, exchange/store)", ("asyncpg/", "exchange/store/")),
+    ("Redis (redis-py, guard, caps, weights)", (*_REDIS, "exchange/routing/weights.py")),
+    ("metrics (prometheus_client, observability)", ("prometheus_client/", "exchange/obs")),
+    ("buyer HTTP (aiohttp client, transport)", ("aiohttp/", "exchange/transport/")),
+    ("validation (parse_lead, phonenumbers)", ("exchange/intake/validate.py", "phonenumbers/")),
+    ("publisher rate limiter (limits)", ("limits/",)),
+    (
+        "auction logic (auction, routing, signing)",
+        ("exchange/auction/", "exchange/routing/", "exchange/buyers/"),
+    ),
+    ("HTTP server and route (uvicorn, FastAPI, exchange/api)", _HTTP_SERVER),
+    ("other exchange code (intake orchestration…)", ("exchange/",)),
+)
+# Frames every sample has (the process's entry points): they say nothing about the cost.
+_ROOTS = frozenset(
+    {"exchange/cli.py", "uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py"}
+)
 
 
 def py_spy() -> str:
@@ -98,6 +119,17 @@ def library(file: str) -> str:
     return head.removesuffix(".py")
 
 
+def area_of(frames: Sequence[tuple[str, str]]) -> str:
+    """The :data:`AREAS` entry of the inner-most frame that has one (else the event loop)."""
+    for _, file in reversed(frames):
+        if file in _ROOTS:
+            continue
+        for area, prefixes in AREAS:
+            if file.startswith(prefixes):
+                return area
+    return "event loop and the rest (asyncio, uvloop)"
+
+
 def _is_ours(file: str) -> bool:
     # cli.py only starts uvicorn: every sample has it, so it would own the server's own work.
     return file.startswith("exchange/") and file != "exchange/cli.py"
@@ -107,6 +139,7 @@ def analyze(collapsed: str, cpu_ms_per_lead: float = 0.0) -> dict[str, Any]:
     """Shares of samples by owner (inner-most exchange/ frame), by exchange/ function
     (inclusive) and by leaf library, each with ms of CPU per lead when that is known."""
     owner: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     libs: Counter[str] = Counter()
     total = 0
@@ -123,6 +156,7 @@ def analyze(collapsed: str, cpu_ms_per_lead: float = 0.0) -> dict[str, Any]:
         for name in set(ours):
             inclusive[name] += n
         libs[leaf_lib] += n
+        areas[area_of(frames)] += n
 
     def table(counter: Counter[str]) -> list[dict[str, Any]]:
         return [
@@ -135,9 +169,10 @@ def analyze(collapsed: str, cpu_ms_per_lead: float = 0.0) -> dict[str, Any]:
         ]
 
     if total == 0:
-        return {"samples": 0, "by_owner": [], "by_function": [], "by_library": []}
+        return {"samples": 0, "by_area": [], "by_owner": [], "by_function": [], "by_library": []}
     return {
         "samples": total,
+        "by_area": table(areas),
         "by_owner": table(owner),
         "by_function": table(inclusive),
         "by_library": table(libs),

@@ -17,11 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on a server
-import matplotlib.pyplot as plt
-
 from loadtests.benchdata import (
     BenchResult,
     CellResult,
@@ -29,17 +24,14 @@ from loadtests.benchdata import (
     Step,
     targets,
 )
+from loadtests.plots import plot_latency
+from loadtests.profile import analyze
 
 PLOT_NAME = "latency.png"
 REPORT_NAME = "report.md"
 RESULTS_NAME = "results.json"
 SOAK_NAME = "soak.json"
-_COLORS = {
-    ("exchange", 1): "C0",
-    ("exchange", 2): "C1",
-    ("baseline", 1): "C2",
-    ("baseline", 2): "C3",
-}
+KNEE_MS = 100.0
 
 
 def write_report(result: BenchResult, out_dir: Path) -> dict[str, Path]:
@@ -73,6 +65,12 @@ def render_markdown(result: BenchResult, plot_name: str = PLOT_NAME) -> str:
         "Postgres backends and the shared Redis server separately):",
         "",
         *_cpu_table(result),
+        "",
+        f"The *knee*: the highest rate that passed with p99 ≤ the slowest in-time buyer (tmax "
+        f"with a hanging one) + {KNEE_MS:g} ms, from the same steps; the sustained rates above "
+        "allow p99 up to the deadline:",
+        "",
+        *_knee_table(result),
         "",
         "## Targets",
         "",
@@ -144,6 +142,31 @@ def _cpu_table(result: BenchResult) -> list[str]:
     return rows
 
 
+def _knee_table(result: BenchResult) -> list[str]:
+    rows = ["| cell | exchange 1w | baseline 1w | exchange 2w | baseline 2w |"]
+    rows.append("|---|---:|---:|---:|---:|")
+    for cell in result.cells:
+        parts = [cell.cell.label]
+        # A hanging buyer holds every lead it is pinged for until tmax.
+        slowest = float(result.timing.tmax_ms) if cell.cell.hang else cell.buyer_max_ms
+        for workers in (1, 2):
+            for server in ("exchange", "baseline"):
+                search = cell.search(server, workers)
+                parts.append("–" if search is None else _knee(search, slowest))
+        rows.append("| " + " | ".join(parts) + " |")
+    return rows
+
+
+def _knee(search: Search, buyer_max_ms: float) -> str:
+    bound = buyer_max_ms + KNEE_MS
+    rates = [
+        s.rate
+        for s in search.steps
+        if s.kind == "search" and s.ok and s.latency("p99", answered=False) <= bound
+    ]
+    return f"{max(rates):g}" if rates else "–"
+
+
 def _ok_rates(search: Search | None) -> set[float]:
     if search is None:
         return set()
@@ -191,12 +214,24 @@ def _method(result: BenchResult) -> list[str]:
 
 
 def _profile(profile: dict[str, Any]) -> list[str]:
+    if "error" in profile:
+        return ["## Profile of the exchange's hot path", "", str(profile["error"])]
+    svg, raw = (Path(str(profile.get(k, "?"))).name for k in ("svg", "raw"))
     lines = [
         "## Profile of the exchange's hot path",
         "",
-        f"py-spy, {profile.get('duration_s')} s at {profile.get('rate')} leads/s on the busiest "
-        f"worker; {profile.get('cpu_ms_per_lead', 0):.2f} ms of CPU per lead. "
-        f"Flame graph: `{profile.get('svg', '?')}`, collapsed stacks: `{profile.get('raw', '?')}`.",
+        f"py-spy (`--gil`: CPU only), {profile.get('duration_s')} s at {profile.get('rate')} "
+        f"leads/s on the busiest worker; {profile.get('cpu_ms_per_lead', 0):.2f} ms of that "
+        f"worker's CPU per lead. Flame graph `{svg}`, collapsed stacks `{raw}` (next to this "
+        "report). Ping and post tasks are asyncio tasks of their own, so their cost shows "
+        "under `_ping_one`/`Transport.post`, not under `sell`.",
+        "",
+        "| area (of the inner-most frame that has one) | share of CPU | ms per lead |",
+        "|---|---:|---:|",
+    ]
+    for row in profile.get("by_area", []):
+        lines.append(f"| {row['name']} | {row['share']:.1%} | {row['ms_per_lead']:.3f} |")
+    lines += [
         "",
         "| where (inner-most exchange/ frame) | share of CPU | ms per lead |",
         "|---|---:|---:|",
@@ -299,63 +334,14 @@ def _step_row(search: Search, step: Step) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def plot_latency(result: BenchResult, path: Path) -> None:
-    """Per cell: p99 (and p50) against the offered rate; below, the half-rate percentiles."""
-    cells = result.cells or []
-    fig, axes = plt.subplots(2, max(len(cells), 1), figsize=(4.2 * max(len(cells), 1), 7.5))
-    grid = axes.reshape(2, -1)
-    for col, cell in enumerate(cells):
-        _plot_rates(grid[0][col], cell, result.timing.deadline_ms)
-        _plot_percentiles(grid[1][col], cell)
-    fig.suptitle(f"latency from intended send, {result.machine.get('cpus')} cores, shared")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_rates(ax: Any, cell: CellResult, deadline_ms: int) -> None:
-    for search in cell.searches:
-        steps = sorted((s for s in search.steps if s.kind == "search"), key=lambda s: s.rate)
-        if not steps:
-            continue
-        color = _COLORS.get((search.server, search.workers), "C4")
-        style = "-" if search.server == "exchange" else "--"
-        rates = [s.rate for s in steps]
-        p99 = [s.latency("p99", False) for s in steps]
-        ax.plot(rates, p99, style, color=color, marker="o", label=f"{search.label} p99")
-        ax.plot(rates, [s.latency("p50", False) for s in steps], style, color=color, alpha=0.35)
-        failed = [s for s in steps if not s.ok]
-        failed_p99 = [s.latency("p99", False) for s in failed]
-        ax.scatter([s.rate for s in failed], failed_p99, marker="x", color="k", zorder=3)
-    ax.axhline(deadline_ms, color="r", linewidth=0.8, label="deadline")
-    ax.set_yscale("log")
-    ax.set_title(cell.cell.label, fontsize=9)
-    ax.set_xlabel("offered leads/s (x = not sustained)")
-    ax.set_ylabel("ms (p99 bold, p50 faint)")
-    ax.legend(fontsize=6)
-
-
-def _plot_percentiles(ax: Any, cell: CellResult) -> None:
-    for search in cell.searches:
-        half = search.extra("half")
-        if half is None or not half.percentiles:
-            continue
-        color = _COLORS.get((search.server, search.workers), "C4")
-        xs = [1 / (1 - p / 100) for p, _ in half.percentiles]
-        label = f"{search.label} at {half.rate:g}/s"
-        ax.plot(xs, [ms for _, ms in half.percentiles], color=color, label=label)
-    if cell.buyer_max_ms:
-        ax.axhline(cell.buyer_max_ms, color="grey", linewidth=0.8, label="slowest buyer")
-    ax.set_xscale("log")
-    ax.set_xticks([1, 10, 100, 1000], ["0%", "90%", "99%", "99.9%"])
-    ax.set_title("answered latency by percentile, half rate", fontsize=9)
-    ax.set_ylabel("ms")
-    ax.legend(fontsize=6)
-
-
 def rerender(out_dir: Path) -> dict[str, Path]:
     """Render ``out_dir``'s saved results again, picking up a ``soak.json`` written since."""
     result = BenchResult.from_json(json.loads((out_dir / RESULTS_NAME).read_text("utf-8")))
+    raw = out_dir / "profile.txt"
+    if result.profile and "error" not in result.profile and raw.exists():
+        # Analyse the stacks again: the tables may have grown since the run.
+        per_lead = float(result.profile.get("cpu_ms_per_lead", 0.0))
+        result.profile |= analyze(raw.read_text("utf-8"), per_lead)
     soak = out_dir / SOAK_NAME
     if soak.exists():
         result.soak = json.loads(soak.read_text("utf-8"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 from exchange.auction.outcome import Outcome
 from exchange.catalog import Target
@@ -29,6 +31,22 @@ from exchange.routing.caps import CapStore
 _PINGED = frozenset({"bid", "no_bid", "timeout", "error"})
 
 
+@lru_cache(maxsize=4096)
+def _ping(buyer: str, outcome: str) -> Any:
+    # labels() takes a lock and builds a key per call; a lead touches ~20 children.
+    return PINGS.labels(buyer=buyer, outcome=outcome)
+
+
+@lru_cache(maxsize=1024)
+def _ping_latency(buyer: str) -> Any:
+    return PING_LATENCY.labels(buyer=buyer)
+
+
+@lru_cache(maxsize=1024)
+def _post(buyer: str, outcome: str) -> Any:
+    return POSTS.labels(buyer=buyer, outcome=outcome)
+
+
 def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     vertical = lead.vertical
     LEADS.labels(vertical=vertical, status=outcome.status).inc()
@@ -38,11 +56,11 @@ def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     for c in outcome.campaigns:
         # below_floor is a bid that could not win: count it as its own outcome.
         label = "below_floor" if c.reason == "below_floor" else str(c.outcome)
-        PINGS.labels(buyer=c.buyer_id, outcome=label).inc()
+        _ping(c.buyer_id, label).inc()
         if c.outcome in _PINGED and c.latency_ms is not None:
-            PING_LATENCY.labels(buyer=c.buyer_id).observe(c.latency_ms / 1000)
+            _ping_latency(c.buyer_id).observe(c.latency_ms / 1000)
     for p in outcome.posts:
-        POSTS.labels(buyer=p.buyer_id, outcome=p.state).inc()
+        _post(p.buyer_id, p.state).inc()
     if lead.test:
         return  # test leads move no money
     for s in outcome.sales:

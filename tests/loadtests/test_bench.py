@@ -16,8 +16,10 @@ import redis.asyncio as aioredis
 
 from loadtests.bench import Criteria, Options, find_sustained, judge, run_bench
 from loadtests.benchdata import BenchResult, CellResult, Search, Step, targets
+from loadtests.profile import analyze
 from loadtests.report import render_markdown, write_report
 from loadtests.result import LoadResult
+from loadtests.soak import is_flat
 from loadtests.stack import Cell, Timing, fresh_stores
 
 LADDER = (50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0)
@@ -217,3 +219,51 @@ async def test_a_tiny_matrix_against_a_real_exchange_and_baseline(
     assert ex.resources["rss_mb_start"] > 0
     text = write_report(result, tmp_path)["report"].read_text()
     assert "## 2 buyers at 0 ms" in text and "| exchange 1w | search | 20 |" in text
+
+
+def test_profile_analysis_charges_each_sample_to_its_inner_most_owner() -> None:
+    root = (
+        "<module> (exchange/cli.py:6);run (uvicorn/main.py:632);Runner.run (asyncio/runners.py:118)"
+    )
+    route = f"{root};post_lead (exchange/api/publishers.py:61);submit_lead (exchange/intake/submit.py:69)"
+    collapsed = "\n".join(
+        [
+            f"{route};_save (exchange/intake/submit.py:127);save_lead (exchange/store/leads.py:80);"
+            "Connection.execute (asyncpg/connection.py:377) 6",
+            f"{route};parse_lead (exchange/intake/validate.py:40);parse (phonenumbers/x.py:9) 2",
+            f"{root};ResponseHandler.data_received (aiohttp/client_proto.py:359) 1",
+            f"{root} 1",
+        ]
+    )
+    found = analyze(collapsed, cpu_ms_per_lead=5.0)
+    assert found["samples"] == 10
+    areas = {r["name"]: (r["share"], r["ms_per_lead"]) for r in found["by_area"]}
+    assert areas["Postgres (asyncpg, exchange/store)"] == (0.6, 3.0)
+    assert areas["validation (parse_lead, phonenumbers)"] == (0.2, 1.0)
+    assert areas["buyer HTTP (aiohttp client, transport)"] == (0.1, 0.5)
+    assert areas["event loop and the rest (asyncio, uvloop)"] == (0.1, 0.5)
+    owners = {r["name"]: r["share"] for r in found["by_owner"]}
+    assert owners["save_lead (exchange/store/leads.py)"] == 0.6
+    assert owners["(no exchange/ frame: aiohttp)"] == 0.1
+    inclusive = {r["name"]: r["share"] for r in found["by_function"]}
+    assert inclusive["submit_lead (exchange/intake/submit.py)"] == 0.8
+    assert "<module> (exchange/cli.py)" not in inclusive  # the entry point owns nothing
+
+
+def _samples(rss: list[float], fds: list[int]) -> list[dict[str, float]]:
+    return [
+        {"rss_mb": r, "fds": f, "tcp": f - 13, "time_wait": 60}
+        for r, f in zip(rss, fds, strict=True)
+    ]
+
+
+def test_soak_tells_a_leak_from_a_pool_that_breathes_with_load() -> None:
+    steady = [138.0] * 12
+    breathing = _samples(steady, [109, 72, 62, 62, 62, 62, 99, 121, 168, 120, 90, 101])
+    assert is_flat(breathing, {"rss_mb": 138.0, "fds": 57, "tcp": 44})
+    climbing = _samples(steady, [60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170])
+    assert not is_flat(climbing, {"rss_mb": 138.0, "fds": 170, "tcp": 157})
+    # Given back at the end, but the floor climbed all along: still a leak.
+    assert not is_flat(climbing, {"rss_mb": 138.0, "fds": 60, "tcp": 47})
+    growing = _samples([100.0 + 5 * i for i in range(12)], [62] * 12)
+    assert not is_flat(growing, {"rss_mb": 155.0, "fds": 62, "tcp": 49})
