@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date
 from typing import Any, Literal
 
@@ -12,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from exchange.api.auth import require_admin, runtime
 from exchange.money import fmt
+from exchange.store.db import Conn
 from exchange.store.reports import GroupBy, buyers_report, sales_report
 
 router = APIRouter()
@@ -27,10 +30,7 @@ async def sales(
     group_by: GroupBy = Query("day"),
     format: Literal["json", "csv"] = Query("json"),
 ) -> Response:
-    rt = runtime(request)
-    require_admin(rt, request)
-    _check_range(from_, to)
-    async with rt.pool.acquire() as conn:
+    async with _report_connection(request, from_, to) as conn:
         raw = await sales_report(conn, from_, to, group_by)
     rows = []
     for r in raw:
@@ -49,12 +49,19 @@ async def buyers(
     to: date = Query(),
     format: Literal["json", "csv"] = Query("json"),
 ) -> Response:
-    rt = runtime(request)
-    require_admin(rt, request)
-    _check_range(from_, to)
-    async with rt.pool.acquire() as conn:
+    async with _report_connection(request, from_, to) as conn:
         rows = await buyers_report(conn, from_, to)
     return _answer(rows, format, {"from": str(from_), "to": str(to)})
+
+
+@asynccontextmanager
+async def _report_connection(request: Request, start: date, end: date) -> AsyncIterator[Conn]:
+    """Admin only, a sane range, then a pooled connection for the report's query."""
+    rt = runtime(request)
+    require_admin(rt, request)
+    _check_range(start, end)
+    async with rt.pool.acquire() as conn:
+        yield conn
 
 
 def _check_range(start: date, end: date) -> None:

@@ -20,7 +20,3 @@ class Deadline:
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
-
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() >= self._end

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from exchange.auction.outcome import Outcome, SaleResult
+from exchange.auction.outcome import Outcome
 from exchange.intake.lead import Lead
 from exchange.store.db import Conn
 
@@ -223,10 +223,6 @@ async def lead_story(conn: Conn, lead_id: uuid.UUID) -> dict[str, Any] | None:
     }
 
 
-async def sale_count(conn: Conn, lead_id: uuid.UUID) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM sales WHERE lead_id = $1", lead_id))
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -235,6 +231,3 @@ def _jsonable(profile: dict[str, Any]) -> dict[str, Any]:
     from decimal import Decimal
 
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in profile.items()}
-
-
-__all__ = ["SaleResult", "answer_from_row", "find_answer", "lead_story", "sale_count", "save_lead"]
