@@ -69,7 +69,7 @@ class Timing:
     tmax_ms: int = 300
     post_timeout_ms: int = 2000
     deadline_ms: int = 5000
-    max_leads_in_flight: int = 256
+    max_leads_in_flight: int = 64  # the exchange's default
     # High enough that the publisher rate limit never decides a benchmark.
     publisher_rate_per_second: int = 100_000
 

@@ -29,7 +29,7 @@ async def post_lead(request: Request) -> Response:
     arrival = time.monotonic()
     rt = runtime(request)
     publisher = require_publisher(rt, request)
-    refused = _gate(rt, publisher)
+    refused = await _gate(rt, publisher)
     if refused is not None:
         return refused
     limit = rt.catalog.settings.max_body_bytes
@@ -60,12 +60,12 @@ async def post_lead(request: Request) -> Response:
     return Response(orjson.dumps(answer.body), media_type="application/json", headers=headers)
 
 
-def _gate(rt: Runtime, publisher: Publisher) -> Response | None:
+async def _gate(rt: Runtime, publisher: Publisher) -> Response | None:
     """A 429 or 503 when the lead must be refused before any work, else None."""
     settings = rt.catalog.settings
     rate = RateLimitItemPerSecond(publisher.rate_per_second or settings.publisher_rate_per_second)
-    if not rt.limiter.hit(rate, publisher.id):
-        reset = rt.limiter.get_window_stats(rate, publisher.id).reset_time
+    if not await rt.limiter.hit(rate, publisher.id):
+        reset = (await rt.limiter.get_window_stats(rate, publisher.id)).reset_time
         record.refused("rate_limited")
         retry = str(max(1, math.ceil(reset - time.time())))
         return problem(
