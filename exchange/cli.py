@@ -152,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop=os.environ.get("EXCHANGE_EVENT_LOOP", "exchange.api.accept:new_event_loop"),
+        loop="exchange.api.accept:new_event_loop",  # uvloop, draining the accept queue
         http="httptools",
         access_log=False,
         log_config=None,
