@@ -55,6 +55,7 @@ class Runtime:
         default_factory=lambda: SlidingWindowCounterRateLimiter(MemoryStorage())
     )
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _followups: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def open(cls, settings: AppSettings, catalog: Catalog) -> Runtime:
@@ -103,6 +104,12 @@ class Runtime:
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task the runtime keeps (and cancels at close)."""
         self._tasks.append(asyncio.create_task(coro))
+
+    def after_answer(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run short work that must not delay an answer; ``close`` waits for it."""
+        task = asyncio.create_task(coro)
+        self._followups.add(task)
+        task.add_done_callback(self._followups.discard)
 
     def swap_catalog(self, catalog: Catalog) -> None:
         """Leads in flight keep the catalog they started with; new leads see this one."""
@@ -183,6 +190,8 @@ class Runtime:
 
     async def close(self) -> None:
         self.admission.stop()
+        if self._followups:
+            await asyncio.wait(set(self._followups), timeout=5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from redis.exceptions import RedisError
 
 from exchange.auction.deadline import Deadline
 from exchange.auction.outcome import Outcome
@@ -56,22 +57,54 @@ async def submit_lead(
         idempotency_key=idempotency_key,
     )
     keys = rt.guard.idempotency_keys(publisher.id, lead.external_id, idempotency_key)
-    claim = await rt.guard.claim(keys, lead.lead_id)
+    # The Postgres backstop is read only if this request turns out first, but it runs
+    # beside the Redis claim: one round trip less on the path of every lead with an id.
+    backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
+    try:
+        claim = await rt.guard.claim(keys, lead.lead_id)
+    except BaseException:
+        _abandon(backstop)
+        raise
     if not claim.first:
+        _abandon(backstop)
         return Answer(await _earlier_answer(rt, keys, claim, deadline), repeat=True)
     with bind_lead(lead.lead_id):
         try:
-            if keys:
-                stored = await _stored_answer(rt, lead)
+            if backstop is not None:
+                stored = await backstop
                 if stored is not None:
-                    await rt.guard.finish(keys, stored)
+                    rt.after_answer(_finish(rt, keys, stored))
                     return Answer(stored, repeat=True)
             answer = await _run(rt, catalog, publisher, lead, deadline)
         except BaseException:
             await asyncio.shield(rt.guard.release(keys, lead.lead_id))
             raise
-        await rt.guard.finish(keys, answer)
+        # Off the answer path: repeats that arrive before it lands wait for it (they poll
+        # the claim), and a lead already sold and saved is not answered 503 if Redis fails.
+        rt.after_answer(_finish(rt, keys, answer))
         return Answer(answer)
+
+
+def _abandon(task: asyncio.Future[Any] | None) -> None:
+    """Let a backstop read finish unobserved (cancelling asyncpg mid-query costs more)."""
+    if task is not None:
+        task.add_done_callback(_observe)
+
+
+def _observe(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as lost
+
+
+async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any]) -> None:
+    """Store the answer for repeats of this lead."""
+    try:
+        await rt.guard.finish(keys, answer)
+    except (RedisError, OSError):
+        # The claim stays pending until its TTL: repeats answer "pending", and the lead's
+        # final status is in Postgres (GET /v1/leads/{id}).
+        record.store_error("redis", "finish")
+        log.warning("answer not stored for repeats", extra={"lead_id": answer.get("lead_id")})
 
 
 async def _run(

@@ -8,7 +8,11 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
+from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from exchange.intake.guard import DONE
 from tests.api.conftest import Market, OpenMarket
 from tests.kit.buyers import Buyer
 from tests.kit.exchange import PUB2_KEY, lead_body
@@ -100,8 +104,7 @@ async def test_repeat_after_redis_lost_its_keys_is_answered_from_postgres(
     assert first_ext["status"] == first_key["status"] == "sold"
     seen = m.pings_seen()
 
-    idem_keys = [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}idem:*")]
-    assert len(idem_keys) == 2, idem_keys
+    idem_keys = await _answers_kept(m, 2)
     await m.redis.delete(*idem_keys)
 
     for _ in range(2):  # from Postgres, then from the Redis key it wrote back
@@ -109,6 +112,43 @@ async def test_repeat_after_redis_lost_its_keys_is_answered_from_postgres(
         assert (await m.ex.submit(by_key, **key)).json() == first_key
     assert m.pings_seen() == seen
     assert await count_rows(m.pg_dsn, "leads") == 2
+
+
+async def _answers_kept(m: Market, count: int) -> list[bytes]:
+    """The idempotency keys once ``count`` of them hold answers (stored just after answering)."""
+    for _ in range(200):
+        keys = [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}idem:*")]
+        values = await m.redis.mget(keys) if keys else []
+        if len(keys) == count and all(isinstance(v, bytes) and v.startswith(DONE) for v in values):
+            return keys
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} answers kept, found {keys}")
+
+
+async def test_a_sold_lead_is_answered_when_its_answer_cannot_be_kept_for_repeats(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failing after the sale must not turn a sold, saved lead into a 503."""
+    m = await market(*_buyers())
+
+    async def redis_gone(keys: list[str], answer: dict[str, Any]) -> None:
+        raise RedisConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(m.ex.runtime.guard, "finish", redis_gone)
+    failed_before = REGISTRY.get_sample_value("exchange_redis_errors_total", {"op": "finish"})
+    resp = await m.ex.submit(lead_body())
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert answer["status"] == "sold" and answer["payout"] == "14.00"
+    record = await m.record(answer["lead_id"])
+    assert record.lead is not None and record.lead["status"] == "sold"
+    assert [(s["buyer_id"], s["price_cents"]) for s in record.sales] == [("acme", 2000)]
+    for _ in range(100):
+        failed = REGISTRY.get_sample_value("exchange_redis_errors_total", {"op": "finish"})
+        if (failed or 0) > (failed_before or 0):
+            break
+        await asyncio.sleep(0.01)
+    assert (failed or 0) == (failed_before or 0) + 1
 
 
 async def test_same_external_id_from_another_publisher_is_another_lead(

@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from exchange.app import create_app
 from exchange.catalog import Catalog
 from exchange.catalog.models import Config
+from exchange.runtime import Runtime
 from exchange.settings import AppSettings
 from tests.kit.buyers import Buyer
 
@@ -139,6 +141,14 @@ class RunningExchange:
     server: uvicorn.Server
     task: asyncio.Task[None]
     client: httpx.AsyncClient
+
+    @property
+    def runtime(self) -> Runtime:
+        """The exchange's runtime, for tests that break one of its stores on purpose."""
+        app = self.server.config.app
+        assert isinstance(app, FastAPI)
+        rt: Runtime = app.state.runtime
+        return rt
 
     async def submit(self, body: Any, key: str = PUB_KEY, **headers: str) -> httpx.Response:
         return await self.client.post(
