@@ -76,6 +76,7 @@ class Transport:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # buyers' cookies mean nothing to us
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "ping-post-exchange"},
