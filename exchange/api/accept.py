@@ -19,7 +19,6 @@ Usage (uvicorn's custom loop factory)::
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -30,9 +29,7 @@ import uvloop
 log = logging.getLogger(__name__)
 
 MAX_ACCEPTS_PER_WAKE = 64
-# Out of file descriptors: stop accepting for a moment instead of spinning on the error.
-_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_RESOURCE_PAUSE_S = 0.1
+_PAUSE_S = 0.1  # after an accept error such as EMFILE
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -101,15 +98,20 @@ class Listener(asyncio.AbstractServer):
             except ConnectionAbortedError:
                 continue  # the client gave up while queued: nothing to serve
             except OSError as exc:
-                if exc.errno in _RESOURCE_ERRORS and self._serving:
+                # Out of descriptors or buffers, mostly: retrying at once would spin on the
+                # same error, so stop listening for a moment (queued clients just wait).
+                if self._serving:
                     log.warning("accept failed, pausing the listener: %s", exc)
                     self._loop.remove_reader(sock.fileno())
-                    self._loop.call_later(_RESOURCE_PAUSE_S, self._resume, sock)
-                    return
-                raise
-            conn.setblocking(False)
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._loop.call_later(_PAUSE_S, self._resume, sock)
+                return
+            try:
+                conn.setblocking(False)
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                conn.close()  # reset while queued
+                continue
             task = self._loop.create_task(self._attach(conn))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)

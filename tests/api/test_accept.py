@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -179,3 +181,59 @@ def test_uvicorn_serves_through_the_listener() -> None:
         server.should_exit = True
         thread.join(10)
     assert not thread.is_alive()
+
+
+_FD_STARVED_SERVER = """
+import asyncio, os, resource, sys, time
+from exchange.api.accept import new_event_loop
+
+class Keep(asyncio.Protocol):
+    made = 0
+    def connection_made(self, transport):
+        Keep.made += 1
+        transport.write(b"hi")  # tell the client it was accepted
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Keep, "127.0.0.1", 0, backlog=128)
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 6, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print(server.sockets[0].getsockname()[1], flush=True)
+    started = time.process_time()
+    for _ in range(60):
+        await asyncio.sleep(0.05)
+        print(Keep.made, round(time.process_time() - started, 3), flush=True)
+
+with asyncio.Runner(loop_factory=new_event_loop) as runner:
+    runner.run(main())
+"""
+
+
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning() -> None:
+    """EMFILE on accept: no busy loop, and accepting resumes once descriptors free up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FD_STARVED_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        # 20 lines are ~1 s of the server's life with every client queued.
+        starved = [proc.stdout.readline().split() for _ in range(20)][-1]
+        made, cpu_s = int(starved[0]), float(starved[1])
+        assert 0 < made < 20, "the descriptor limit should have stopped the accepts"
+        assert cpu_s < 0.3, f"the loop spun on EMFILE: {cpu_s} s of CPU in ~1 s"
+        for client in clients[:made]:
+            client.close()  # the server closes its ends too, freeing descriptors
+        accepted = made
+        for _ in range(30):
+            accepted = int(proc.stdout.readline().split()[0])
+            if accepted > made:
+                break
+        assert accepted > made, "accepting did not resume after descriptors were freed"
+    finally:
+        proc.kill()
+        proc.wait()
+        for client in clients:
+            client.close()
