@@ -49,13 +49,14 @@ class Runtime:
     paused: set[str] = field(default_factory=set)
     admission: Admission = field(default_factory=lambda: Admission(64, 100))
     # Per worker: N workers admit up to N times a publisher's rate (the README says so).
-    # The asyncio flavour: the threaded MemoryStorage starts a timer thread per 10 ms of
-    # traffic (~40 thread starts a second under load, each contending for the GIL).
+    # The asyncio flavour: the threaded MemoryStorage starts a timer *thread* per 10 ms of
+    # traffic (~40 a second under load, each contending for the GIL); this one schedules
+    # an asyncio task for its expiry instead, far cheaper.
     limiter: SlidingWindowCounterRateLimiter = field(
         default_factory=lambda: SlidingWindowCounterRateLimiter(MemoryStorage())
     )
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _followups: set[asyncio.Task[None]] = field(default_factory=set)
+    _followups: set[asyncio.Future[Any]] = field(default_factory=set)
 
     @classmethod
     async def open(cls, settings: AppSettings, catalog: Catalog) -> Runtime:
@@ -107,7 +108,10 @@ class Runtime:
 
     def after_answer(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run short work that must not delay an answer; ``close`` waits for it."""
-        task = asyncio.create_task(coro)
+        self.track(asyncio.create_task(coro))
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a short task that uses the stores; ``close`` waits for it first."""
         self._followups.add(task)
         task.add_done_callback(self._followups.discard)
 
@@ -190,8 +194,14 @@ class Runtime:
 
     async def close(self) -> None:
         self.admission.stop()
+        # Leads in flight have finished (the server drained them); what they left running
+        # (answers kept for repeats, backstop reads) gets a few seconds, then is cancelled.
         if self._followups:
-            await asyncio.wait(set(self._followups), timeout=5)
+            _, late = await asyncio.wait(set(self._followups), timeout=5)
+            if late:
+                log.warning("cancelling unfinished follow-ups", extra={"count": len(late)})
+                for task in late:
+                    task.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -3,13 +3,16 @@
 libuv (under uvloop) accepts ONE connection per event-loop iteration. On a busy worker an
 iteration takes 10-40 ms, so new connections are accepted at 25-100 per second while the
 rest wait in the kernel's accept queue, unseen by admission control: measured here at 2x
-the sustained rate, 480 connections (each holding a lead) queued for seconds, and the
-answered p99 went to 6.5 s although the worker refused everything it could see. This
-listener accepts up to :data:`MAX_ACCEPTS_PER_WAKE` connections each time the socket is
-readable, so an overloaded worker sees the excess at once and answers it with 503.
+the sustained rate, 480 connections (each holding a lead) sat in that queue. This listener
+accepts up to :data:`MAX_ACCEPTS_PER_WAKE` connections each time the socket is readable,
+so an overloaded worker sees the excess at once and answers it with 503. (That took the
+answered p99 at 2x from 6.5 s to 3.0 s; capping leads in flight at 64 took it to 0.5 s.)
 
 The cap per wake keeps several workers sharing one socket fair: a saturated worker takes a
 batch, an idle one (waking more often) takes the next.
+
+Differences from asyncio's server that uvicorn does not rely on: ``wait_closed`` does not
+wait for client connections, and ``close_clients``/``abort_clients`` (3.13) are absent.
 
 Usage (uvicorn's custom loop factory)::
 
@@ -19,6 +22,7 @@ Usage (uvicorn's custom loop factory)::
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -30,6 +34,19 @@ log = logging.getLogger(__name__)
 
 MAX_ACCEPTS_PER_WAKE = 64
 _PAUSE_S = 0.1  # after an accept error such as EMFILE
+# accept(2): errors of one pending connection, not of the listener; take the next one.
+_RETRY_ERRNOS = frozenset(
+    {
+        errno.ENETDOWN,
+        errno.EPROTO,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+    }
+)
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -98,6 +115,8 @@ class Listener(asyncio.AbstractServer):
             except ConnectionAbortedError:
                 continue  # the client gave up while queued: nothing to serve
             except OSError as exc:
+                if exc.errno in _RETRY_ERRNOS:
+                    continue
                 # Out of descriptors or buffers, mostly: retrying at once would spin on the
                 # same error, so stop listening for a moment (queued clients just wait).
                 if self._serving:
@@ -121,35 +140,56 @@ class Listener(asyncio.AbstractServer):
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
     async def _attach(self, conn: socket.socket) -> None:
+        if self._closed.done():
+            # Accepted just before close(): the server is shutting its connections down.
+            conn.close()
+            return
         try:
             await self._loop.connect_accepted_socket(self._factory, conn)
         except OSError:
-            # The peer reset before the transport existed; nothing was received.
+            conn.close()  # the peer reset before the transport existed
+        except Exception:
             conn.close()
+            log.exception("could not attach an accepted connection")
 
 
-def bind(host: str | None, port: int, backlog: int) -> list[socket.socket]:
-    """Listening sockets for every address of ``host`` (as asyncio's create_server binds)."""
+def bind(host: str | None, port: int) -> list[socket.socket]:
+    """Bound sockets for every address of ``host``, as uvloop binds them (not yet listening).
+
+    An address family the kernel lacks (IPv6 disabled) is skipped; a bind error names the
+    address. ``getaddrinfo`` blocks, which is fine once at start-up.
+    """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     bound: list[socket.socket] = []
     try:
         for family, kind, proto, _name, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # e.g. EAFNOSUPPORT: this family is not available here
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                detail = f"error while binding to {address}: {exc.strerror}"
+                raise OSError(exc.errno, detail) from None
     except OSError:
         for sock in bound:
             sock.close()
         raise
+    if not bound:
+        raise OSError(f"no address of {host!r} could be bound")
     return bound
 
 
 class Loop(uvloop.Loop):
-    """uvloop whose plain TCP servers use :class:`Listener`; TLS and unix sockets are uvloop's."""
+    """uvloop whose plain TCP servers use :class:`Listener`.
+
+    TLS, unix sockets and any option this override does not name stay uvloop's own.
+    """
 
     async def create_server(  # type: ignore[override]
         self,
@@ -177,7 +217,7 @@ class Loop(uvloop.Loop):
                 start_serving=start_serving,
                 **kwargs,
             )
-        sockets = [sock] if sock is not None else bind(host, port or 0, backlog)
+        sockets = [sock] if sock is not None else bind(host, port or 0)
         server = Listener(self, protocol_factory, sockets, backlog)
         if start_serving:
             await server.start_serving()

@@ -98,8 +98,9 @@ class ExchangeSettings(_Strict):
     min_ping_ms: int = Field(20, ge=1, le=10_000)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=4 * 1024 * 1024)
     # Per worker. At ~4 ms of CPU per lead, 64 leads in flight queue at most ~250 ms of
-    # work; 256 queued a second and pushed the answered p99 past 6 s at 2x the sustained
-    # rate (loadtests). Raise it only for slow buyers on an idle CPU.
+    # work, 256 about a second: at 2x the sustained rate the answered p99 was 3.0 s with
+    # 256 and 0.5 s with 64 (loadtests, accept queue drained). It also caps a worker at
+    # 64 / lead time: raise it for slow buyers when the CPU is idle.
     max_leads_in_flight: int = Field(64, ge=1, le=100_000)
     # A worker whose event loop runs this late on average is saturated: new leads are
     # refused (503) rather than queued past their deadline.

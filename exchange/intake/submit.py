@@ -7,6 +7,7 @@ only maps the result to HTTP; everything the publisher relies on happens here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from exchange.runtime import Runtime
 from exchange.store.leads import find_answer, save_lead
 
 log = logging.getLogger(__name__)
+_POSTGRES_RESERVE_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,32 +65,35 @@ async def submit_lead(
     try:
         claim = await rt.guard.claim(keys, lead.lead_id)
     except BaseException:
-        _abandon(backstop)
+        _abandon(rt, backstop)
         raise
     if not claim.first:
-        _abandon(backstop)
-        return Answer(await _earlier_answer(rt, keys, claim, deadline), repeat=True)
+        _abandon(rt, backstop)
+        return Answer(await _earlier_answer(rt, lead, keys, claim, deadline), repeat=True)
     with bind_lead(lead.lead_id):
         try:
             if backstop is not None:
                 stored = await backstop
                 if stored is not None:
-                    rt.after_answer(_finish(rt, keys, stored))
+                    rt.after_answer(_finish(rt, keys, stored, claimed_by=lead.lead_id))
                     return Answer(stored, repeat=True)
             answer = await _run(rt, catalog, publisher, lead, deadline)
         except BaseException:
             await asyncio.shield(rt.guard.release(keys, lead.lead_id))
             raise
-        # Off the answer path: repeats that arrive before it lands wait for it (they poll
-        # the claim), and a lead already sold and saved is not answered 503 if Redis fails.
-        rt.after_answer(_finish(rt, keys, answer))
+        if keys:
+            # Off the answer path: repeats that arrive before it lands wait for it (they
+            # poll the claim), and a sold, saved lead is not answered 503 if Redis fails.
+            rt.after_answer(_finish(rt, keys, answer, claimed_by=lead.lead_id))
         return Answer(answer)
 
 
-def _abandon(task: asyncio.Future[Any] | None) -> None:
-    """Let a backstop read finish unobserved (cancelling asyncpg mid-query costs more)."""
+def _abandon(rt: Runtime, task: asyncio.Future[Any] | None) -> None:
+    """Let a backstop read finish unobserved (cancelling asyncpg mid-query costs more);
+    the runtime still waits for it before closing the pool."""
     if task is not None:
         task.add_done_callback(_observe)
+        rt.track(task)
 
 
 def _observe(task: asyncio.Future[Any]) -> None:
@@ -96,15 +101,21 @@ def _observe(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so asyncio does not log it as lost
 
 
-async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any]) -> None:
-    """Store the answer for repeats of this lead."""
-    try:
-        await rt.guard.finish(keys, answer)
-    except (RedisError, OSError):
-        # The claim stays pending until its TTL: repeats answer "pending", and the lead's
-        # final status is in Postgres (GET /v1/leads/{id}).
-        record.store_error("redis", "finish")
-        log.warning("answer not stored for repeats", extra={"lead_id": answer.get("lead_id")})
+async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any], *, claimed_by: str) -> None:
+    """Store the answer for repeats of this lead (retried once)."""
+    for attempt in (1, 2):
+        try:
+            await rt.guard.finish(keys, answer)
+            return
+        except (RedisError, OSError):
+            if attempt == 1:
+                await asyncio.sleep(0.05)
+    record.store_error("redis", "finish")
+    log.warning("answer not stored for repeats", extra={"lead_id": answer.get("lead_id")})
+    # Free the claim, so repeats read the answer from Postgres instead of waiting on it;
+    # if Redis is gone for this too, repeats still fall back to Postgres after waiting.
+    with contextlib.suppress(RedisError, OSError):
+        await rt.guard.release(keys, claimed_by)
 
 
 async def _run(
@@ -174,13 +185,20 @@ async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
 
 
 async def _earlier_answer(
-    rt: Runtime, keys: list[str], claim: Claim, deadline: Deadline
+    rt: Runtime, lead: Lead, keys: list[str], claim: Claim, deadline: Deadline
 ) -> dict[str, Any]:
     if claim.answer is not None:
         return claim.answer
-    waited = await rt.guard.wait_for_answer(keys, deadline.remaining_ms() / 1000)
+    # Leave time to ask Postgres if the first request's answer never reaches Redis.
+    wait_s = max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
+    waited = await rt.guard.wait_for_answer(keys, wait_s)
     if waited.answer is not None:
         return waited.answer
+    # Its worker could not store the answer (Redis failed) or died: if the lead was
+    # recorded, Postgres has the answer; otherwise it is honestly still pending.
+    stored = await _stored_answer(rt, lead)
+    if stored is not None:
+        return stored
     lead_id = waited.lead_id or claim.lead_id
     return {
         "lead_id": lead_id,

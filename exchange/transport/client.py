@@ -92,12 +92,13 @@ class Transport:
         has arrived, so a buyer trickling bytes must be read to its end (or the timeout)."""
         limit = self._max_answer
         declared = resp.content_length
-        if declared is not None:
-            if declared > limit:
-                raise _oversize(limit, started)
-            # The parser stops at the declared length, so this cannot buffer more; it is
-            # the common case and skips the chunk iterator (a few µs per ping).
-            return await resp.read()
+        if declared is not None and declared > limit:
+            raise _oversize(limit, started)
+        if declared is not None and resp.headers.get("Content-Encoding", "identity") == "identity":
+            # Not compressed, so the parser stops at the declared length and this cannot
+            # buffer more; it is the common case and skips the chunk loop (µs per ping). A
+            # compressed answer's length says nothing about what it inflates to: counted below.
+            return await resp.content.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_any():

@@ -125,18 +125,24 @@ async def _answers_kept(m: Market, count: int) -> list[bytes]:
     raise AssertionError(f"expected {count} answers kept, found {keys}")
 
 
+async def _redis_gone(*args: Any) -> None:
+    raise RedisConnectionError("Connection reset by peer")
+
+
+def _finish_failures() -> float:
+    return REGISTRY.get_sample_value("exchange_redis_errors_total", {"op": "finish"}) or 0.0
+
+
 async def test_a_sold_lead_is_answered_when_its_answer_cannot_be_kept_for_repeats(
     market: OpenMarket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis failing after the sale must not turn a sold, saved lead into a 503."""
+    """Redis failing after the sale must not turn a sold, saved lead into a 503, and its
+    repeats then get the answer from Postgres (the claim is released), not "pending"."""
     m = await market(*_buyers())
-
-    async def redis_gone(keys: list[str], answer: dict[str, Any]) -> None:
-        raise RedisConnectionError("Connection reset by peer")
-
-    monkeypatch.setattr(m.ex.runtime.guard, "finish", redis_gone)
-    failed_before = REGISTRY.get_sample_value("exchange_redis_errors_total", {"op": "finish"})
-    resp = await m.ex.submit(lead_body())
+    monkeypatch.setattr(m.ex.runtime.guard, "finish", _redis_gone)
+    failed_before = _finish_failures()
+    body = lead_body()
+    resp = await m.ex.submit(body)
     assert resp.status_code == 200, resp.text
     answer = resp.json()
     assert answer["status"] == "sold" and answer["payout"] == "14.00"
@@ -144,11 +150,36 @@ async def test_a_sold_lead_is_answered_when_its_answer_cannot_be_kept_for_repeat
     assert record.lead is not None and record.lead["status"] == "sold"
     assert [(s["buyer_id"], s["price_cents"]) for s in record.sales] == [("acme", 2000)]
     for _ in range(100):
-        failed = REGISTRY.get_sample_value("exchange_redis_errors_total", {"op": "finish"})
-        if (failed or 0) > (failed_before or 0):
+        if _finish_failures() > failed_before:
             break
         await asyncio.sleep(0.01)
-    assert (failed or 0) == (failed_before or 0) + 1
+    assert _finish_failures() == failed_before + 1
+    assert [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}idem:*")] == []
+
+    repeat, took_ms = await m.timed_submit(body)
+    assert repeat.json() == answer
+    assert repeat.headers.get("Idempotent-Replayed") == "true"
+    assert took_ms < 1000, "answered from Postgres, not after waiting out the deadline"
+    assert m.pings_seen() == {"acme": 1, "bolt": 1}
+
+
+async def test_repeat_of_a_lead_whose_claim_is_stuck_gets_the_answer_from_postgres(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis kept neither the answer nor the release: after waiting, Postgres answers."""
+    m = await market(*_buyers(), settings={"deadline_ms": 1000})
+    monkeypatch.setattr(m.ex.runtime.guard, "finish", _redis_gone)
+    monkeypatch.setattr(m.ex.runtime.guard, "release", _redis_gone)
+    body = lead_body()
+    answer = (await m.ex.submit(body)).json()
+    assert answer["status"] == "sold"
+    await asyncio.sleep(0.2)  # the follow-up has failed and left the claim pending
+
+    repeat, took_ms = await m.timed_submit(body)
+    assert repeat.json() == answer
+    assert 800 <= took_ms < 1500, took_ms  # waited for the first request, then asked Postgres
+    assert m.pings_seen() == {"acme": 1, "bolt": 1}
+    assert await count_rows(m.pg_dsn, "leads") == 1
 
 
 async def test_same_external_id_from_another_publisher_is_another_lead(

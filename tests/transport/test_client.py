@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import struct
 import time
@@ -68,6 +69,13 @@ async def _split_json(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _gzip_bomb(request: web.Request) -> web.StreamResponse:
+    """A small gzip body (with its Content-Length) that inflates to ``n`` bytes."""
+    await request.read()
+    packed = gzip.compress(b"z" * int(request.query["n"]))
+    return web.Response(body=packed, headers={"Content-Encoding": "gzip"})
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
     app = web.Application()
@@ -78,6 +86,7 @@ async def server() -> AsyncIterator[str]:
         "/stream": _stream,
         "/sized": _sized,
         "/split": _split_json,
+        "/gzip": _gzip_bomb,
     }
     for path, handler in routes.items():
         app.router.add_post(path, handler)
@@ -167,6 +176,15 @@ async def test_answer_over_the_limit_is_oversize(
         assert (await transport.post(url, b"{}", {}, 1.0)).body == b"y" * size
         return
     error, _ = await _fail(transport, url)
+    assert error.failure is Failure.OVERSIZE
+
+
+async def test_compressed_answer_is_limited_by_what_it_inflates_to(
+    transport: Transport, server: str
+) -> None:
+    small = await transport.post(f"{server}/gzip?n={LIMIT}", b"{}", {}, 1.0)
+    assert small.body == b"z" * LIMIT
+    error, _ = await _fail(transport, f"{server}/gzip?n={200 * LIMIT}")
     assert error.failure is Failure.OVERSIZE
 
 
