@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -32,6 +34,7 @@ from exchange.runtime import Runtime
 from exchange.store.leads import find_answer, save_lead
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _POSTGRES_RESERVE_MS = 100
 
 
@@ -63,7 +66,7 @@ async def submit_lead(
     # beside the Redis claim: one round trip less on the path of every lead with an id.
     backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
     try:
-        claim = await rt.guard.claim(keys, lead.lead_id)
+        claim = await _timed("redis", "claim", rt.guard.claim(keys, lead.lead_id))
     except BaseException:
         _abandon(rt, backstop)
         raise
@@ -105,7 +108,7 @@ async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any], *, claim
     """Store the answer for repeats of this lead (retried once)."""
     for attempt in (1, 2):
         try:
-            await rt.guard.finish(keys, answer)
+            await _timed("redis", "finish", rt.guard.finish(keys, answer))
             return
         except (RedisError, OSError):
             if attempt == 1:
@@ -126,8 +129,12 @@ async def _run(
     if lead.consent.get("tcpa") is not True:
         outcome = Outcome("rejected", "consent.tcpa must be true: no consent, no sale")
     else:
-        earlier = await rt.guard.check_duplicate(
-            lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
+        earlier = await _timed(
+            "redis",
+            "dedupe",
+            rt.guard.check_duplicate(
+                lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
+            ),
         )
         if earlier is not None:
             outcome = Outcome(
@@ -169,7 +176,10 @@ async def _save(
     for attempt in (1, 2):
         try:
             async with rt.pool.acquire() as conn:
-                await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
+                saving = save_lead(
+                    conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms
+                )
+                await _timed("postgres", "save", saving)
             return
         except (asyncpg.PostgresConnectionError, OSError):
             if attempt == 2:
@@ -181,7 +191,8 @@ async def _save(
 async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
     """Redis had no claim: make sure Postgres has not seen this lead either (keys expire)."""
     async with rt.pool.acquire() as conn:
-        return await find_answer(conn, lead.publisher_id, lead.external_id, lead.idempotency_key)
+        finding = find_answer(conn, lead.publisher_id, lead.external_id, lead.idempotency_key)
+        return await _timed("postgres", "backstop", finding)
 
 
 async def _earlier_answer(
@@ -206,3 +217,12 @@ async def _earlier_answer(
         "payout": "0.00",
         "reason": "the first request with this id is still running",
     }
+
+
+async def _timed(store: str, op: str, call: Awaitable[T]) -> T:
+    """Await a store call and record how long it took (``exchange_store_duration_seconds``)."""
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        record.store_time(store, op, time.perf_counter() - started)

@@ -139,6 +139,12 @@ PING_LATENCY = Histogram(
     ["buyer"],
     buckets=LATENCY_BUCKETS,
 )
+POST_LATENCY = Histogram(
+    "exchange_post_latency_seconds",
+    "Time for a buyer to answer a post (failures observed when they failed).",
+    ["buyer"],
+    buckets=LATENCY_BUCKETS,
+)
 POSTS = Counter(
     "exchange_posts_total",
     "Posts by buyer and outcome (accepted, rejected, failed, unknown).",
@@ -185,6 +191,13 @@ REDIS_ERRORS = Counter(
     "exchange_redis_errors_total",
     "Redis calls that failed, by operation.",
     ["op"],
+)
+STORE_DURATION = Histogram(
+    "exchange_store_duration_seconds",
+    "Store calls on a lead's path by store and op (claim, dedupe, backstop, save, finish): "
+    "a slow disk shows here as Postgres saves stalling every lead in flight.",
+    ["store", "op"],
+    buckets=LATENCY_BUCKETS,
 )
 LOOP_LAG = Histogram(
     "exchange_event_loop_lag_seconds",

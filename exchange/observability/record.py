@@ -21,9 +21,11 @@ from exchange.observability.metrics import (
     PAYOUT,
     PING_LATENCY,
     PINGS,
+    POST_LATENCY,
     POSTS,
     REDIS_ERRORS,
     REVENUE,
+    STORE_DURATION,
     THROTTLED,
 )
 from exchange.routing.caps import CapStore
@@ -47,6 +49,20 @@ def _post(buyer: str, outcome: str) -> Any:
     return POSTS.labels(buyer=buyer, outcome=outcome)
 
 
+@lru_cache(maxsize=1024)
+def _post_latency(buyer: str) -> Any:
+    return POST_LATENCY.labels(buyer=buyer)
+
+
+@lru_cache(maxsize=64)
+def _store(store: str, op: str) -> Any:
+    return STORE_DURATION.labels(store=store, op=op)
+
+
+def store_time(store: str, op: str, seconds: float) -> None:
+    _store(store, op).observe(seconds)
+
+
 def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     vertical = lead.vertical
     LEADS.labels(vertical=vertical, status=outcome.status).inc()
@@ -61,6 +77,8 @@ def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
             _ping_latency(c.buyer_id).observe(c.latency_ms / 1000)
     for p in outcome.posts:
         _post(p.buyer_id, p.state).inc()
+        if p.latency_ms is not None:
+            _post_latency(p.buyer_id).observe(p.latency_ms / 1000)
     if lead.test:
         return  # test leads move no money
     for s in outcome.sales:

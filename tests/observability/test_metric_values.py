@@ -181,6 +181,13 @@ async def test_counters_match_a_known_sequence_of_leads(run: Run, pg_dsn: str) -
         if buyer in ids
     }
     assert posts == {(hi, "accepted"): 3, (hi, "rejected"): 1, (lo, "accepted"): 1}
+    post_latency = deltas(before, after, "exchange_post_latency_seconds_count", "buyer")
+    assert {b: post_latency.get(b, 0) for b in ids} == {hi: 4, lo: 1, slow: 0, cheap: 0, picky: 0}
+
+    # Every answered lead claimed its id, read the Postgres backstop, was saved and had its
+    # answer kept for repeats; the rejected one (no consent) skipped dedupe.
+    store = deltas(before, after, "exchange_store_duration_seconds_count", "op")
+    assert store == {"claim": 7, "backstop": 7, "dedupe": 6, "save": 7, "finish": 7}
 
     money = await money_in_postgres(pg_dsn)
     assert money["test_sales"] == 1  # recorded, yet left out of the money below
