@@ -204,9 +204,12 @@ async def drop_stores(admin_dsn: str, stores: Stores) -> None:
         await client.aclose()
 
 
-def start_exchange(config_dir: Path, workers: int, stores: Stores, port: int = 0) -> Proc:
+def start_exchange(
+    config_dir: Path, workers: int, stores: Stores, port: int = 0, code_dir: Path | None = None
+) -> Proc:
     """``exchange serve`` on the stores; with several workers their metrics files go into a
-    dir next to the config (one worker keeps prometheus' cheaper in-process mode)."""
+    dir next to the config (one worker keeps prometheus' cheaper in-process mode).
+    ``code_dir``: run the exchange package found there (another checkout) instead."""
     port = port or free_port()
     argv = [sys.executable, "-m", "exchange.cli", "serve", "--workers", str(workers)]
     argv += ["--port", str(port), "--config", str(config_dir)]
@@ -216,6 +219,8 @@ def start_exchange(config_dir: Path, workers: int, stores: Stores, port: int = 0
         "EXCHANGE_REDIS_PREFIX": stores.redis_prefix,
         "EXCHANGE_LOG_LEVEL": "WARNING",
     }
+    if code_dir is not None:
+        env["PYTHONPATH"] = str(code_dir)
     if workers > 1:
         metrics_dir = config_dir.parent / f"metrics-{port}"
         metrics_dir.mkdir(parents=True, exist_ok=True)
