@@ -49,6 +49,7 @@ def worktree(revision: str) -> Iterator[Path]:
             yield tree
         finally:
             subprocess.run([*git, "remove", "--force", str(tree)], check=False)
+            subprocess.run([*git, "prune"], check=False)
 
 
 async def one_step(
@@ -59,19 +60,19 @@ async def one_step(
         config = write_config(Path(tmp) / "cfg", fleet.ready, timing)
         async with fresh_stores(args.admin_dsn, args.redis_url) as stores:
             proc = await asyncio.to_thread(start_exchange, config, 1, stores, 0, code_dir)
+            prober = Prober(
+                proc,
+                fleet,
+                stores,
+                criteria_judge=lambda s: [],
+                buyer_max_ms=0.0,
+                step_s=args.seconds,
+            )
             try:
-                prober = Prober(
-                    proc,
-                    fleet,
-                    stores,
-                    criteria_judge=lambda s: [],
-                    buyer_max_ms=0.0,
-                    step_s=args.seconds,
-                )
                 await prober.warm_up()
                 step = await prober.measure(args.rate)
-                await prober.close()
             finally:
+                await prober.close()
                 proc.stop()
     summary = step.summary
     return {
@@ -100,8 +101,13 @@ async def compare(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m loadtests.compare", description=__doc__)
     p.add_argument("--before", required=True, help="a git revision")
-    p.add_argument("--before-in-flight", type=int, default=Timing.max_leads_in_flight)
-    p.add_argument("--after-in-flight", type=int, default=Timing.max_leads_in_flight)
+    help_in_flight = "max_leads_in_flight written into that side's config (default %(default)s)"
+    p.add_argument(
+        "--before-in-flight", type=int, default=Timing.max_leads_in_flight, help=help_in_flight
+    )
+    p.add_argument(
+        "--after-in-flight", type=int, default=Timing.max_leads_in_flight, help=help_in_flight
+    )
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--runs", type=int, default=2)

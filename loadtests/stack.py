@@ -219,13 +219,17 @@ def start_exchange(
         "EXCHANGE_REDIS_PREFIX": stores.redis_prefix,
         "EXCHANGE_LOG_LEVEL": "WARNING",
     }
+    cwd = None
     if code_dir is not None:
+        # `python -m` puts the working directory first on sys.path: run from that checkout,
+        # or this one's package would shadow it.
         env["PYTHONPATH"] = str(code_dir)
+        cwd = str(code_dir)
     if workers > 1:
         metrics_dir = config_dir.parent / f"metrics-{port}"
         metrics_dir.mkdir(parents=True, exist_ok=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    proc = start_command(argv, ready_url=f"http://127.0.0.1:{port}/healthz", env=env)
+    proc = start_command(argv, ready_url=f"http://127.0.0.1:{port}/healthz", env=env, cwd=cwd)
     proc.ready = {"url": f"http://127.0.0.1:{port}", "workers": workers}
     return proc
 
