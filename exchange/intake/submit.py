@@ -66,7 +66,8 @@ async def submit_lead(
     # beside the Redis claim: one round trip less on the path of every lead with an id.
     backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
     try:
-        claim = await _timed("redis", "claim", rt.guard.claim(keys, lead.lead_id))
+        claiming = rt.guard.claim(keys, lead.lead_id)  # no Redis call without keys
+        claim = await (_timed("redis", "claim", claiming) if keys else claiming)
     except BaseException:
         _abandon(rt, backstop)
         raise
@@ -129,13 +130,11 @@ async def _run(
     if lead.consent.get("tcpa") is not True:
         outcome = Outcome("rejected", "consent.tcpa must be true: no consent, no sale")
     else:
-        earlier = await _timed(
-            "redis",
-            "dedupe",
-            rt.guard.check_duplicate(
-                lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
-            ),
+        checking = rt.guard.check_duplicate(
+            lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
         )
+        timed = vertical.dedupe_days > 0  # 0 turns dedupe off: no Redis call to time
+        earlier = await (_timed("redis", "dedupe", checking) if timed else checking)
         if earlier is not None:
             outcome = Outcome(
                 "duplicate",
@@ -175,11 +174,8 @@ async def _save(
     because a buyer may already hold the lead and the sale must not go unrecorded."""
     for attempt in (1, 2):
         try:
-            async with rt.pool.acquire() as conn:
-                saving = save_lead(
-                    conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms
-                )
-                await _timed("postgres", "save", saving)
+            # Timed with the wait for a pool connection, as Redis calls are with theirs.
+            await _timed("postgres", "save", _save_once(rt, lead, outcome, exclusive, duration_ms))
             return
         except (asyncpg.PostgresConnectionError, OSError):
             if attempt == 2:
@@ -188,11 +184,21 @@ async def _save(
             await asyncio.sleep(0.05)
 
 
+async def _save_once(
+    rt: Runtime, lead: Lead, outcome: Outcome, exclusive: bool, duration_ms: int
+) -> None:
+    async with rt.pool.acquire() as conn:
+        await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
+
+
 async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
     """Redis had no claim: make sure Postgres has not seen this lead either (keys expire)."""
+    return await _timed("postgres", "backstop", _find_answer(rt, lead))
+
+
+async def _find_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
     async with rt.pool.acquire() as conn:
-        finding = find_answer(conn, lead.publisher_id, lead.external_id, lead.idempotency_key)
-        return await _timed("postgres", "backstop", finding)
+        return await find_answer(conn, lead.publisher_id, lead.external_id, lead.idempotency_key)
 
 
 async def _earlier_answer(

@@ -194,8 +194,8 @@ REDIS_ERRORS = Counter(
 )
 STORE_DURATION = Histogram(
     "exchange_store_duration_seconds",
-    "Store calls on a lead's path by store and op (claim, dedupe, backstop, save, finish): "
-    "a slow disk shows here as Postgres saves stalling every lead in flight.",
+    "Store calls of the lead path by store and op: Redis claim, dedupe and finish (after "
+    "the answer), Postgres backstop and save (with the wait for a pool connection).",
     ["store", "op"],
     buckets=LATENCY_BUCKETS,
 )
