@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from exchange.auction.deadline import Deadline
-from exchange.auction.fanout import LeadPingView, PingRequest, PingResult, new_ping_id, ping_all
+from exchange.auction.fanout import LeadPingView, PingIds, PingRequest, PingResult, ping_all
 from exchange.auction.outcome import CampaignResult, Outcome, PostResult, SaleResult
 from exchange.auction.posting import post_lead
 from exchange.auction.ranking import flatten, order_group, price_for, rank
@@ -54,6 +54,7 @@ class _State:
     vertical: Vertical
     rules: RankRules
     results: dict[str, CampaignResult]
+    ids: PingIds  # every campaign considered gets one, pinged or not
     posts: list[PostResult] = dataclasses.field(default_factory=list)
     sales: list[SaleResult] = dataclasses.field(default_factory=list)
     holders: set[str] = dataclasses.field(default_factory=set)  # buyers that have (or may have) it
@@ -71,8 +72,9 @@ async def sell(
     settings = catalog.settings
     now = datetime.now(UTC)
     rules = RankRules(vertical.mode, vertical.floor, vertical.pricing, vertical.max_sells)
-    state = _State(lead, vertical, rules, {})
-    screened = screen(catalog.by_vertical.get(lead.vertical, ()), lead, now, deps.paused)
+    candidates = catalog.by_vertical.get(lead.vertical, ())
+    state = _State(lead, vertical, rules, {}, PingIds(len(candidates)))
+    screened = screen(candidates, lead, now, deps.paused)
     for ex in screened.excluded:
         _note(state, ex.target, ex.reason, ex.reason, detail=ex.detail)
     capped = (
@@ -91,9 +93,16 @@ async def sell(
             _note(state, target, Reason.CAPPED, Reason.CAPPED, detail="at a cap or budget")
         elif buyer.ping_url is None:
             assert campaign.price is not None
-            offer = _offer(target, campaign.price, None, new_ping_id())
+            offer = _offer(target, campaign.price, None, state.ids())
             offers.append(offer)
-            _note(state, target, Reason.FIXED_PRICE, Reason.FIXED_PRICE, price=campaign.price)
+            _note(
+                state,
+                target,
+                Reason.FIXED_PRICE,
+                Reason.FIXED_PRICE,
+                ping_id=offer.ping_id,  # the id its post carries is the one recorded
+                price=campaign.price,
+            )
         elif not deps.health.allow(buyer.id):
             _note(state, target, Reason.THROTTLED, Reason.THROTTLED, detail="recent pings failing")
         else:
@@ -101,7 +110,7 @@ async def sell(
             if timeout < settings.min_ping_ms:
                 _note(state, target, Reason.NO_TIME, Reason.NO_TIME, detail=f"{timeout} ms left")
             else:
-                requests.append(PingRequest(target, timeout, new_ping_id()))
+                requests.append(PingRequest(target, timeout, state.ids()))
 
     view = LeadPingView(
         lead.vertical, vertical.exclusive, lead.test, lead.state, lead.zip5, lead.ping_profile
@@ -280,7 +289,7 @@ def _note(
     detail: str | None = None,
 ) -> None:
     state.results[target.campaign.id] = CampaignResult(
-        ping_id or new_ping_id(),
+        ping_id or state.ids(),
         target.buyer.id,
         target.campaign.id,
         outcome,

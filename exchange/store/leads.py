@@ -97,7 +97,7 @@ async def save_lead(
         _jsonable(lead.profile),
         lead.consent,
         lead.source,
-        [uuid.UUID(c.ping_id) for c in camps],
+        [c.ping_id for c in camps],  # asyncpg encodes hex text as uuid: no UUID objects
         [c.buyer_id for c in camps],
         [c.campaign_id for c in camps],
         [str(c.outcome) for c in camps],

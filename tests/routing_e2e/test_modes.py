@@ -3,6 +3,8 @@ post-only buyers and weighted splits, checked at the buyers, in the story and in
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 import pytest
 
@@ -151,6 +153,12 @@ async def test_post_only_buyer_competes_with_its_fixed_price(
     assert reasons(story) == {"fixed-c": "sold", "bidder-c": "outbid"}
     assert pings_by_campaign(story)["fixed-c"]["outcome"] == "fixed_price"  # offered, not pinged
     assert [p["price"] for p in fixed.posts] == ["9.00"]
+    # The post names the ping record of its offer, so a buyer's dispute can be traced.
+    recorded = await pg.fetchval(
+        "SELECT ping_id FROM pings WHERE lead_id = $1 AND campaign_id = 'fixed-c'",
+        uuid.UUID(wins["lead_id"]),
+    )
+    assert fixed.posts[0]["ping_id"] == recorded.hex
 
     bidder.price = "12.00"
     loses = await sell(ex, lead())
