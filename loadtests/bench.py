@@ -187,6 +187,7 @@ async def run_bench(opts: Options) -> BenchResult:
                         )
                         cell_result.searches.append(search)
                         _progress(cell, search)
+    result.machine["speed_probe_s_end"] = speed_probe()
     return result
 
 
@@ -299,7 +300,23 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": commit or "?",
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "speed_probe_s": speed_probe(),
     }
+
+
+def speed_probe(loops: int = 1_000_000, rounds: int = 3) -> float:
+    """CPU seconds of a fixed pure-Python loop, the best of ``rounds`` (lower is faster).
+
+    This VM's speed moved 2× between sessions (the same code: 3.5 then 7 ms of CPU per
+    lead), so a report's figures compare with another's only next to this number."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        total = 0
+        for i in range(loops):
+            total += i * i
+        best = min(best, time.process_time() - started)
+    return round(best, 3)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -105,6 +105,25 @@ async def profile_during(
     }
 
 
+def per_answered_lead(found: dict[str, Any], sent: int, answered: int) -> dict[str, Any]:
+    """``found`` with its ms-per-lead figures over the leads the worker answered.
+
+    :func:`profile_during` divides by the leads *sent*; when some were refused at once
+    (503, microseconds each) that understates the cost of a lead, so scale it up."""
+    if "error" in found or answered <= 0 or sent <= answered:
+        return found
+    scale = sent / answered
+    out = dict(found)
+    out["cpu_ms_per_lead"] = round(found.get("cpu_ms_per_lead", 0.0) * scale, 3)
+    out["refused_share"] = round(1 - answered / sent, 4)
+    for key in ("by_area", "by_owner", "by_function", "by_library"):
+        out[key] = [
+            {**row, "ms_per_lead": round(row["ms_per_lead"] * scale, 4)}
+            for row in found.get(key, [])
+        ]
+    return out
+
+
 def parse_frame(frame: str) -> tuple[str, str]:
     """``"func (pkg/mod.py:12)"`` → ``("func", "pkg/mod.py")``."""
     m = _FRAME.match(frame.strip())

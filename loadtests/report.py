@@ -100,7 +100,19 @@ def _machine_line(result: BenchResult) -> str:
         f"Machine: **{m.get('cpus')} CPU cores** ({m.get('cpu_model', '?')}), "
         f"Python {m.get('python')}, commit `{m.get('commit', '?')}`. Exchange, buyer fleet, "
         "load generator, Postgres and Redis all share these cores; other engineers' test "
-        "runs did too (the *background* column is the CPU share of processes not ours)."
+        "runs did too (the *background* column is the CPU share of processes not ours)." + _speed(m)
+    )
+
+
+def _speed(m: dict[str, Any]) -> str:
+    start, end = m.get("speed_probe_s"), m.get("speed_probe_s_end")
+    if start is None:
+        return ""
+    ends = f", {end} s at the end" if end is not None else ""
+    return (
+        f" Machine speed: a fixed pure-Python loop (`bench.speed_probe`) took {start} s of CPU "
+        f"at the start{ends}; lower is faster, and figures from two reports compare only as "
+        "far as these do."
     )
 
 
@@ -213,6 +225,11 @@ def _method(result: BenchResult) -> list[str]:
     ]
 
 
+def _refused(profile: dict[str, Any]) -> str:
+    share = float(profile.get("refused_share", 0.0))
+    return f" it ran ({share:.0%} of the leads sent were refused 503)" if share else ""
+
+
 def _profile(profile: dict[str, Any]) -> list[str]:
     if "error" in profile:
         return ["## Profile of the exchange's hot path", "", str(profile["error"])]
@@ -222,7 +239,8 @@ def _profile(profile: dict[str, Any]) -> list[str]:
         "",
         f"py-spy (`--gil`: CPU only), {profile.get('duration_s')} s at {profile.get('rate')} "
         f"leads/s on the busiest worker; {profile.get('cpu_ms_per_lead', 0):.2f} ms of that "
-        f"worker's CPU per lead. Flame graph `{svg}`, collapsed stacks `{raw}` (next to this "
+        f"worker's CPU per lead{_refused(profile)}. Flame graph `{svg}`, collapsed stacks "
+        f"`{raw}` (next to this "
         "report). Ping and post tasks are asyncio tasks of their own, so their cost shows "
         "under `_ping_one`/`Transport.post`, not under `sell`.",
         "",

@@ -14,9 +14,9 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from loadtests.bench import Criteria, Options, find_sustained, judge, run_bench
+from loadtests.bench import Criteria, Options, find_sustained, judge, run_bench, speed_probe
 from loadtests.benchdata import BenchResult, CellResult, Search, Step, targets
-from loadtests.profile import analyze
+from loadtests.profile import analyze, per_answered_lead
 from loadtests.report import render_markdown, write_report
 from loadtests.result import LoadResult
 from loadtests.soak import is_flat
@@ -115,12 +115,24 @@ def _result(ex_sustained: float, base_sustained: float, over: Step, half_ms: flo
         over,
     ]
     ex.steps[2].percentiles = [(50.0, half_ms / 2), (99.0, half_ms)]
-    base = Search("baseline", 1, sustained=base_sustained, steps=[_step(base_sustained, True)])
+    base = Search("baseline", 1, sustained=base_sustained)
+    base.steps = [
+        _step(ex_sustained / 2 + 10, True, latency_ms=6.0),
+        _step(ex_sustained / 2 - 10, False, latency_ms=1.0),  # failed: not a reference
+        _step(base_sustained, True),
+    ]
     cell = CellResult(Cell("10x0ms", 10), 0.0, [base, ex])
     return BenchResult(
         started="2026-01-01 00:00:00 UTC",
         command="python -m loadtests.bench --quick",
-        machine={"cpus": 2, "cpu_model": "test", "python": "3.11", "commit": "abc"},
+        machine={
+            "cpus": 2,
+            "cpu_model": "test",
+            "python": "3.11",
+            "commit": "abc",
+            "speed_probe_s": 0.25,
+            "speed_probe_s_end": 0.31,
+        },
         timing=Timing(),
         step_s=3.0,
         criteria={"min_achieved_share": 0.95, "min_sold_share": 0.95, "ladder": [50]},
@@ -136,6 +148,8 @@ def test_targets_judge_ratio_overhead_and_overload() -> None:
     assert by_name["throughput 10x0ms, 1w"].measured == "0.67"
     assert by_name["throughput 10x0ms, 1w"].met is True
     assert by_name["overhead 10x0ms, 1w"].met is True
+    # The bare baseline's p99 at the passing rate nearest the half rate, for context.
+    assert by_name["overhead 10x0ms, 1w"].measured == "8.0 ms (bare baseline at 110/s: 6.0 ms)"
     assert by_name["overload 10x0ms, 1w"].met is True  # 180/s of a 200/s peak, rest refused
 
     queued = _step(400, False, "overload", statuses={"sold": 100, "timeout": 300})
@@ -155,6 +169,7 @@ def test_report_writes_markdown_png_and_json_that_round_trips(tmp_path: Path) ->
     text = paths["report"].read_text()
     assert "| 10 buyers at 0 ms | 200 | 300 | 0.67 |" in text
     assert "![latency](latency.png)" in text and "2 CPU cores" in text
+    assert "took 0.25 s of CPU at the start, 0.31 s at the end" in text
     again = BenchResult.from_json(json.loads(paths["results"].read_text()))
     assert again == result
     assert render_markdown(again) == text
@@ -250,6 +265,20 @@ def test_profile_analysis_charges_each_sample_to_its_inner_most_owner() -> None:
     assert "<module> (exchange/cli.py)" not in inclusive  # the entry point owns nothing
 
 
+def test_profile_cost_per_lead_counts_only_the_leads_the_worker_ran() -> None:
+    # Overloaded, half the leads were refused 503 in microseconds: dividing the CPU by
+    # every lead sent would halve the cost of a lead (a run here said 4.3 ms, it was 7).
+    collapsed = "run (uvicorn/main.py:1);save_lead (exchange/store/leads.py:80) 3\nrun (uvicorn/main.py:1) 1"
+    found = analyze(collapsed, cpu_ms_per_lead=2.0) | {"cpu_ms_per_lead": 2.0}
+    scaled = per_answered_lead(found, sent=1000, answered=500)
+    assert scaled["cpu_ms_per_lead"] == 4.0
+    assert scaled["refused_share"] == 0.5
+    areas = {r["name"]: r["ms_per_lead"] for r in scaled["by_area"]}
+    assert areas["Postgres (asyncpg, exchange/store)"] == 3.0  # 75% of 4 ms
+    assert found["by_area"][0]["ms_per_lead"] == 1.5  # the input is left as it was
+    assert per_answered_lead(found, sent=1000, answered=1000) is found  # nothing refused
+
+
 def _samples(rss: list[float], fds: list[int]) -> list[dict[str, float]]:
     return [
         {"rss_mb": r, "fds": f, "tcp": f - 13, "time_wait": 60}
@@ -267,3 +296,8 @@ def test_soak_tells_a_leak_from_a_pool_that_breathes_with_load() -> None:
     assert not is_flat(climbing, {"rss_mb": 138.0, "fds": 60, "tcp": 47})
     growing = _samples([100.0 + 5 * i for i in range(12)], [62] * 12)
     assert not is_flat(growing, {"rss_mb": 155.0, "fds": 62, "tcp": 49})
+
+
+def test_the_speed_probe_measures_cpu_time_of_a_fixed_loop() -> None:
+    small, large = speed_probe(loops=20_000, rounds=2), speed_probe(loops=400_000, rounds=2)
+    assert 0 < small < large  # twenty times the work takes longer on any machine
