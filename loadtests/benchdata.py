@@ -220,8 +220,15 @@ _REFUSAL_OK = ERROR_STATUSES_OK | {"http_503"}
 def _soak(result: BenchResult) -> str:
     soak = result.soak or {}
     start, end = soak.get("start", {}), soak.get("end", {})
-    return (
+    under_load = (
         f"RSS {start.get('rss_mb', '?')} → {end.get('rss_mb', '?')} MB, "
         f"fds {start.get('fds', '?')} → {end.get('fds', '?')}, "
         f"sockets {start.get('tcp', '?')} → {end.get('tcp', '?')}"
+    )
+    before, after = soak.get("idle_before"), soak.get("idle_after")
+    if before is None or after is None:  # a soak from before idle samples were taken
+        return under_load
+    return (
+        f"under load {under_load}; idle before → after: fds {before['fds']} → "
+        f"{after['fds']}, sockets {before['tcp']} → {after['tcp']}"
     )

@@ -280,18 +280,22 @@ def _code_notes(result: BenchResult) -> list[str]:
 
 def _soak(soak: dict[str, Any]) -> list[str]:
     start, end = soak["start"], soak["end"]
+    none: dict[str, Any] = {}
+    before, after = soak.get("idle_before", none), soak.get("idle_after", none)
     lat = soak["load"]["answered_latency_ms"]
     return [
         "## Soak with a hanging buyer",
         "",
         f"`{soak['command']}`: {soak['cell']}, {soak['rate']:g} leads/s for "
         f"{soak['minutes']:g} min, {soak['workers']} worker(s); flat: "
-        f"**{'yes' if soak['flat'] else 'no'}**. See `soak.md` and `soak.png`.",
+        f"**{'yes' if soak['flat'] else 'no'}**. See `soak.md` and `soak.png`; *idle* is "
+        "the exchange with no load, once its pooled connections have expired.",
         "",
-        "| | start | end | max |",
-        "|---|---:|---:|---:|",
+        "| | idle before | start | end | max | idle after |",
+        "|---|---:|---:|---:|---:|---:|",
         *(
-            f"| {name} | {start[k]} | {end[k]} | {soak['max'][k]} |"
+            f"| {name} | {before.get(k, '–')} | {start[k]} | {end[k]} | {soak['max'][k]} "
+            f"| {after.get(k, '–')} |"
             for k, name in (
                 ("rss_mb", "RSS MB"),
                 ("fds", "open fds"),

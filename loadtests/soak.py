@@ -5,6 +5,12 @@
 tree), plus the machine's TIME_WAIT sockets towards the fleet: a hanging buyer costs a
 new connection per ping unless the exchange stops pinging it.
 
+Fds and sockets under load rise and fall with the keep-alive pools, so a sample taken
+under load says how busy the pools were that second, not whether anything leaked. The
+leak test compares the exchange *idle* before and after the run: each idle sample is
+taken once every pooled connection has outlived the keep-alive timeout, so what is open
+then is the exchange's fixed set plus whatever leaked.
+
 Usage::
 
     python -m loadtests.soak [--minutes 10] [--rate 100] [--workers 1] [--out DIR]
@@ -49,6 +55,9 @@ from loadtests.stack import (
 SOAK_CELL = Cell("10x0ms+hang", 10, hang=1)
 GROWTH_SHARE = 0.10  # what "within" means in is_flat, plus the slack below
 SLACK = {"rss_mb": 5.0, "fds": 10.0, "tcp": 10.0}
+# The outbound pool closes a connection idle for 30 s (exchange.transport), but its sweep
+# runs every 30 s, so a connection can live up to 60 s; inbound keep-alive is 5 s.
+IDLE_S = 65.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class SoakOptions:
     rate: float = 100.0
     workers: int = 1
     sample_s: float = 15.0
+    idle_s: float = IDLE_S
     admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     redis_url: str = "redis://127.0.0.1:6379/0"
     command: str = "python -m loadtests.soak"
@@ -71,16 +81,21 @@ def time_wait_to(port: int) -> int:
     )
 
 
-def is_flat(samples: Sequence[dict[str, float]], after_drain: dict[str, float]) -> bool:
+def is_flat(
+    samples: Sequence[dict[str, float]],
+    idle_before: dict[str, float],
+    idle_after: dict[str, float],
+) -> bool:
     """No leak. RSS: the second half's peak within 10% + 5 MB of the first half's (memory
     is rarely given back, so a leak shows as a later, higher peak). Fds and sockets rise
-    and fall with load (keep-alive pools), so: back within 10% + 10 of the start once the
-    load stops, and the last quarter's floor no higher than the first quarter's peak."""
+    and fall with load (keep-alive pools), so: idle after the run within 10% + 10 of idle
+    before it, and under load the last quarter's floor no higher than the first quarter's
+    peak (a leak that the pools hide grows the floor)."""
     half, quarter = max(len(samples) // 2, 1), max(len(samples) // 4, 1)
     first, second = samples[:half], samples[half:] or samples[-1:]
     rss_ok = max(s["rss_mb"] for s in second) <= _allow(max(s["rss_mb"] for s in first), "rss_mb")
     for key in ("fds", "tcp"):
-        if after_drain[key] > _allow(samples[0][key], key):
+        if idle_after[key] > _allow(idle_before[key], key):
             return False
         floor = min(s[key] for s in samples[-quarter:])
         if floor > _allow(max(s[key] for s in samples[:quarter]), key):
@@ -122,16 +137,18 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
             )
             try:
                 await prober.warm_up()
-                await prober.load(opts.rate, warm_s)
+                await asyncio.sleep(opts.idle_s)
                 t0 = time.monotonic()
+                idle_before = await _sample(proc, fleet_port, t0)
+                await prober.load(opts.rate, warm_s)
                 samples = [await _sample(proc, fleet_port, t0)]
                 step_task = asyncio.create_task(prober.measure(opts.rate, "soak", duration))
                 while not step_task.done():
                     await asyncio.wait({step_task}, timeout=opts.sample_s)
                     samples.append(await _sample(proc, fleet_port, t0))
                 step = step_task.result()
-                await asyncio.sleep(5)
-                after = await _sample(proc, fleet_port, t0)
+                await asyncio.sleep(opts.idle_s)
+                idle_after = await _sample(proc, fleet_port, t0)
             finally:
                 await prober.close()
                 await asyncio.to_thread(proc.stop)
@@ -146,9 +163,11 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
         "samples": samples,
         "start": start,
         "end": end,
-        "after_drain": after,
+        "idle_before": idle_before,
+        "idle_after": idle_after,
+        "idle_s": opts.idle_s,
         "max": {k: max(s[k] for s in samples) for k in ("rss_mb", "fds", "tcp", "time_wait")},
-        "flat": is_flat(samples, after),
+        "flat": is_flat(samples, idle_before, idle_after),
         "load": step.summary,
         "failures": step.failures,
         "fleet": step.fleet,
@@ -168,20 +187,25 @@ def render(soak: dict[str, Any], plot_name: str = "soak.png") -> str:
         f"{soak['cell']}, {soak['rate']:g} leads/s for {soak['minutes']:g} min on "
         f"{soak['workers']} worker(s). **Flat: {'yes' if soak['flat'] else 'no'}**: RSS's second "
         f"half peaks within {GROWTH_SHARE:.0%} + 5 MB of its first half; fds and sockets, "
-        "which rise and fall with load (keep-alive pools), are back near the start once the "
-        "load stops and their floor does not climb. Samples start after a warm-up.",
+        "which rise and fall with load (keep-alive pools), are back within "
+        f"{GROWTH_SHARE:.0%} + 10 of *idle before* once idle again, and their floor under "
+        "load does not climb. *Idle* samples are taken after "
+        f"{soak['idle_s']:g} s without load, when every pooled connection has expired; "
+        "*start* and *end* are the first and last samples under load.",
         "",
-        "| | start | end | max | after drain |",
-        "|---|---:|---:|---:|---:|",
+        "| | idle before | start | end | max | idle after |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for key, name in (("rss_mb", "RSS MB"), ("fds", "open fds"), ("tcp", "TCP sockets")):
+    before, after = soak["idle_before"], soak["idle_after"]
+    for key, name in (
+        ("rss_mb", "RSS MB"),
+        ("fds", "open fds"),
+        ("tcp", "TCP sockets"),
+        ("time_wait", "TIME_WAIT to fleet"),
+    ):
         rows.append(
-            f"| {name} | {start[key]} | {end[key]} | {peak[key]} | {soak['after_drain'][key]} |"
+            f"| {name} | {before[key]} | {start[key]} | {end[key]} | {peak[key]} | {after[key]} |"
         )
-    rows.append(
-        f"| TIME_WAIT to fleet | {start['time_wait']} | {end['time_wait']} "
-        f"| {peak['time_wait']} | {soak['after_drain']['time_wait']} |"
-    )
     rows += [
         "",
         f"Load: sent {load['sent']}, statuses {load['statuses']}, answered latency ms p50 "
@@ -230,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--sample-s", type=float, default=15.0)
+    p.add_argument(
+        "--idle-s", type=float, default=IDLE_S, help="idle wait before and after the load"
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     opts = SoakOptions(
@@ -237,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.rate,
         args.workers,
         args.sample_s,
+        args.idle_s,
         command="python -m loadtests.soak " + shlex.join(argv),
     )
     with loop_runner() as runner:

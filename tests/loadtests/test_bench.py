@@ -20,6 +20,7 @@ from loadtests.profile import analyze, per_lead_run
 from loadtests.report import render_markdown, write_report
 from loadtests.result import LoadResult
 from loadtests.soak import is_flat
+from loadtests.soak import render as render_soak
 from loadtests.stack import Cell, Timing, fresh_stores
 
 LADDER = (50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0)
@@ -298,14 +299,56 @@ def _samples(rss: list[float], fds: list[int]) -> list[dict[str, float]]:
 
 def test_soak_tells_a_leak_from_a_pool_that_breathes_with_load() -> None:
     steady = [138.0] * 12
+    idle = {"rss_mb": 138.0, "fds": 57, "tcp": 44}
     breathing = _samples(steady, [109, 72, 62, 62, 62, 62, 99, 121, 168, 120, 90, 101])
-    assert is_flat(breathing, {"rss_mb": 138.0, "fds": 57, "tcp": 44})
+    assert is_flat(breathing, idle, idle)
+    # Idle again after the run but with 26 fds more than idle before it: a leak, even
+    # though every sample under load stayed below the first one.
+    assert not is_flat(breathing, idle, idle | {"fds": 83, "tcp": 70})
+    assert is_flat(breathing, idle, idle | {"fds": 67, "tcp": 54})  # 10% + 10 is noise
     climbing = _samples(steady, [60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170])
-    assert not is_flat(climbing, {"rss_mb": 138.0, "fds": 170, "tcp": 157})
+    assert not is_flat(climbing, idle, {"rss_mb": 138.0, "fds": 170, "tcp": 157})
     # Given back at the end, but the floor climbed all along: still a leak.
-    assert not is_flat(climbing, {"rss_mb": 138.0, "fds": 60, "tcp": 47})
+    assert not is_flat(climbing, idle, idle)
     growing = _samples([100.0 + 5 * i for i in range(12)], [62] * 12)
-    assert not is_flat(growing, {"rss_mb": 155.0, "fds": 62, "tcp": 49})
+    assert not is_flat(growing, idle, idle)
+
+
+def test_the_soak_report_shows_idle_before_and_after_next_to_the_load() -> None:
+    def at(fds: int) -> dict[str, float]:
+        return {"t_s": 0.0, "rss_mb": 140.0, "fds": fds, "tcp": fds - 13, "time_wait": 7}
+
+    samples = [at(fds) for fds in (139, 301, 250, 180, 210, 200, 170, 165)]
+    soak = {
+        "started": "2026-11-26 10:00:00 UTC",
+        "command": "python -m loadtests.soak --minutes 10",
+        "minutes": 10,
+        "rate": 100.0,
+        "workers": 1,
+        "cell": "10 buyers at 0 ms + 1 hanging",
+        "samples": samples,
+        "start": samples[0],
+        "end": samples[-1],
+        "idle_before": at(41),
+        "idle_after": at(43),
+        "idle_s": 65.0,
+        "max": at(301),
+        "flat": is_flat(samples, at(41), at(43)),
+        "load": {
+            "sent": 60000,
+            "statuses": {"sold": 60000},
+            "answered_latency_ms": {"p50": 9.0, "p99": 30.0, "p99.9": 310.0, "max": 320.0},
+        },
+        "fleet": {"hangs": 12, "pings": 660000},
+        "cpu": {"background": 0.01},
+    }
+    md = render_soak(soak)
+    assert "**Flat: yes**" in md
+    assert "| open fds | 41 | 139 | 165 | 301 | 43 |" in md
+    assert "after 65 s without load" in md
+    result = _result(200, 300, _step(400, True, "overload"), half_ms=8.0)
+    result.soak = soak
+    assert "idle before → after: fds 41 → 43, sockets 28 → 30" in render_markdown(result)
 
 
 def test_the_speed_probe_measures_cpu_time_of_a_fixed_loop() -> None:
