@@ -138,7 +138,9 @@ class Options:
     step_s: float = 8.0
     warm_up_s: float = 2.0  # at 20 leads/s after each server start, not recorded
     settle_s: float = 1.0  # quiet time after each step
-    refine: int = 1
+    # Two bisections: with one, 200 passing and 300 failing ends at 250, and a ratio to a
+    # baseline of 550 moves in steps of 0.09; two resolve it to 25 leads/s.
+    refine: int = 2
     confirm: int = 1
     baseline: bool = True
     extras: bool = True  # half-rate and overload steps for the exchange
@@ -330,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--ladder", help="comma-separated rates (default: the standard ladder)")
     p.add_argument("--step-s", type=float, help="seconds per step (default 8, quick 3)")
+    p.add_argument(
+        "--refine", type=int, help="bisections below the first failing rate (default 2, quick 1)"
+    )
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-extras", action="store_true", help="skip the half and overload steps")
     p.add_argument("--profile", action="store_true", help="py-spy the first cell's exchange")
@@ -357,6 +362,7 @@ def options_from_args(argv: Sequence[str]) -> Options:
         ladder=tuple(float(r) for r in args.ladder.split(",")) if args.ladder else LADDER,
         step_s=args.step_s or (3.0 if args.quick else 8.0),
         confirm=0 if args.quick else 1,
+        refine=args.refine if args.refine is not None else (1 if args.quick else Options.refine),
         baseline=not args.no_baseline,
         extras=not args.no_extras,
         profile=args.profile,

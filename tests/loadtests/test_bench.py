@@ -14,7 +14,15 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from loadtests.bench import Criteria, Options, find_sustained, judge, run_bench, speed_probe
+from loadtests.bench import (
+    Criteria,
+    Options,
+    find_sustained,
+    judge,
+    options_from_args,
+    run_bench,
+    speed_probe,
+)
 from loadtests.benchdata import BenchResult, CellResult, Search, Step, targets
 from loadtests.profile import analyze, per_lead_run
 from loadtests.report import render_markdown, write_report
@@ -75,6 +83,12 @@ async def test_one_failure_that_passes_when_measured_again_counts_as_sustained()
     best, steps = await find_sustained(measure, (50, 100, 200, 300), refine=0, confirm=1)
     assert measure.calls == [50, 100, 200, 200, 300]
     assert best == 300 and not steps[2].ok and steps[3].ok
+
+
+def test_the_search_bisects_twice_unless_told_otherwise() -> None:
+    assert options_from_args([]).refine == 2
+    assert options_from_args(["--quick"]).refine == 1
+    assert options_from_args(["--quick", "--refine", "3"]).refine == 3
 
 
 async def test_when_even_the_lowest_rate_fails_it_bisects_towards_zero() -> None:
