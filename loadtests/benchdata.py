@@ -228,7 +228,12 @@ def _soak(result: BenchResult) -> str:
     before, after = soak.get("idle_before"), soak.get("idle_after")
     if before is None or after is None:  # a soak from before idle samples were taken
         return under_load
+
+    def own(sample: dict[str, Any], key: str) -> Any:
+        return sample[key] - sample.get("store_tcp", 0)
+
     return (
-        f"under load {under_load}; idle before → after: fds {before['fds']} → "
-        f"{after['fds']}, sockets {before['tcp']} → {after['tcp']}"
+        f"under load {under_load}; idle before → after, less store sockets: fds "
+        f"{own(before, 'fds')} → {own(after, 'fds')}, sockets {own(before, 'tcp')} → "
+        f"{own(after, 'tcp')}"
     )

@@ -16,7 +16,7 @@ import contextlib
 import gc
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,15 +76,18 @@ def percentiles(hist: HdrHistogram) -> list[tuple[float, float]]:
     return [(p, int(hist.get_value_at_percentile(p)) / 1000) for p in PERCENTILES]
 
 
-def resources(proc: Proc) -> dict[str, float]:
-    """RSS (MB), open fds and TCP sockets of a server's whole process tree."""
-    rss = fds = tcp = 0
+def resources(proc: Proc, store_ports: Collection[int] = ()) -> dict[str, float]:
+    """RSS (MB), open fds and TCP sockets of a server's whole process tree; ``store_tcp``
+    of those sockets go to ``store_ports`` (Postgres, Redis: pools that keep them open)."""
+    rss = fds = tcp = store_tcp = 0
     for p in tree(proc):
         with contextlib.suppress(psutil.Error):
             rss += p.memory_info().rss
             fds += p.num_fds()
-            tcp += len(p.net_connections(kind="tcp"))
-    return {"rss_mb": round(rss / 2**20, 1), "fds": fds, "tcp": tcp}
+            conns = p.net_connections(kind="tcp")
+            tcp += len(conns)
+            store_tcp += sum(1 for c in conns if c.raddr and c.raddr.port in store_ports)
+    return {"rss_mb": round(rss / 2**20, 1), "fds": fds, "tcp": tcp, "store_tcp": store_tcp}
 
 
 class Prober:

@@ -294,12 +294,13 @@ def _soak(soak: dict[str, Any]) -> list[str]:
         "| | idle before | start | end | max | idle after |",
         "|---|---:|---:|---:|---:|---:|",
         *(
-            f"| {name} | {before.get(k, '–')} | {start[k]} | {end[k]} | {soak['max'][k]} "
-            f"| {after.get(k, '–')} |"
+            f"| {name} | {before.get(k, '–')} | {start.get(k, '–')} | {end.get(k, '–')} "
+            f"| {soak['max'].get(k, '–')} | {after.get(k, '–')} |"
             for k, name in (
                 ("rss_mb", "RSS MB"),
                 ("fds", "open fds"),
                 ("tcp", "TCP sockets"),
+                ("store_tcp", "of which to Postgres and Redis"),
                 ("time_wait", "TIME_WAIT to the fleet"),
             )
         ),

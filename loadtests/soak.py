@@ -8,8 +8,10 @@ new connection per ping unless the exchange stops pinging it.
 Fds and sockets under load rise and fall with the keep-alive pools, so a sample taken
 under load says how busy the pools were that second, not whether anything leaked. The
 leak test compares the exchange *idle* before and after the run: each idle sample is
-taken once every pooled connection has outlived the keep-alive timeout, so what is open
-then is the exchange's fixed set plus whatever leaked.
+taken once the connections to buyers and from publishers have outlived their keep-alive.
+The store pools (asyncpg keeps an idle connection 300 s, redis-py for good) hold theirs,
+so sockets to Postgres and Redis are counted apart and the idle rule judges the rest:
+what is open then is the exchange's fixed set plus whatever leaked.
 
 Usage::
 
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import matplotlib
 import psutil
@@ -40,11 +43,13 @@ import psutil
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from exchange.transport.client import KEEPALIVE_S
 from loadtests.bench import ROOT, Criteria, judge
 from loadtests.probe import Prober, loop_runner, resources
 from loadtests.procs import Proc
 from loadtests.stack import (
     Cell,
+    Stores,
     Timing,
     fresh_stores,
     start_exchange,
@@ -55,9 +60,9 @@ from loadtests.stack import (
 SOAK_CELL = Cell("10x0ms+hang", 10, hang=1)
 GROWTH_SHARE = 0.10  # what "within" means in is_flat, plus the slack below
 SLACK = {"rss_mb": 5.0, "fds": 10.0, "tcp": 10.0}
-# The outbound pool closes a connection idle for 30 s (exchange.transport), but its sweep
-# runs every 30 s, so a connection can live up to 60 s; inbound keep-alive is 5 s.
-IDLE_S = 65.0
+# aiohttp closes a pooled connection idle for KEEPALIVE_S in a sweep that runs every
+# KEEPALIVE_S (rounded up to whole seconds), so one can live ~2 × that; inbound: 5 s.
+IDLE_S = 2.0 * KEEPALIVE_S + 5
 
 
 @dataclass(frozen=True)
@@ -88,14 +93,15 @@ def is_flat(
 ) -> bool:
     """No leak. RSS: the second half's peak within 10% + 5 MB of the first half's (memory
     is rarely given back, so a leak shows as a later, higher peak). Fds and sockets rise
-    and fall with load (keep-alive pools), so: idle after the run within 10% + 10 of idle
-    before it, and under load the last quarter's floor no higher than the first quarter's
-    peak (a leak that the pools hide grows the floor)."""
+    and fall with load (keep-alive pools), so: idle after the run, those not held by the
+    store pools within 10% + 10 of idle before it; and under load, all of them, the last
+    quarter's floor no higher than the first quarter's peak (a leak the pools hide, or
+    one in the store pools, grows the floor)."""
     half, quarter = max(len(samples) // 2, 1), max(len(samples) // 4, 1)
     first, second = samples[:half], samples[half:] or samples[-1:]
     rss_ok = max(s["rss_mb"] for s in second) <= _allow(max(s["rss_mb"] for s in first), "rss_mb")
     for key in ("fds", "tcp"):
-        if idle_after[key] > _allow(idle_before[key], key):
+        if own(idle_after, key) > _allow(own(idle_before, key), key):
             return False
         floor = min(s[key] for s in samples[-quarter:])
         if floor > _allow(max(s[key] for s in samples[:quarter]), key):
@@ -103,12 +109,27 @@ def is_flat(
     return rss_ok
 
 
+def own(sample: dict[str, float], key: str) -> float:
+    """Fds or TCP sockets less those the store pools hold."""
+    return sample[key] - sample.get("store_tcp", 0)
+
+
 def _allow(value: float, key: str) -> float:
     return value * (1 + GROWTH_SHARE) + SLACK[key]
 
 
-async def _sample(proc: Proc, fleet_port: int, t0: float) -> dict[str, float]:
-    found = await asyncio.to_thread(resources, proc)
+def store_ports(stores: Stores) -> tuple[int, int]:
+    """The Postgres and Redis ports the exchange's pools connect to."""
+    return (
+        urlsplit(stores.database_url).port or 5432,
+        urlsplit(stores.redis_url).port or 6379,
+    )
+
+
+async def _sample(
+    proc: Proc, fleet_port: int, t0: float, stores: tuple[int, int]
+) -> dict[str, float]:
+    found = await asyncio.to_thread(resources, proc, stores)
     tw = await asyncio.to_thread(time_wait_to, fleet_port)
     return {"t_s": round(time.monotonic() - t0, 1), **found, "time_wait": tw}
 
@@ -135,20 +156,21 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
                 buyer_max_ms=float(fleet.ready["max_in_time_latency_ms"]),
                 step_s=duration,
             )
+            ports = store_ports(stores)
             try:
                 await prober.warm_up()
+                await prober.load(opts.rate, warm_s)  # pools sized for this rate
                 await asyncio.sleep(opts.idle_s)
                 t0 = time.monotonic()
-                idle_before = await _sample(proc, fleet_port, t0)
-                await prober.load(opts.rate, warm_s)
-                samples = [await _sample(proc, fleet_port, t0)]
+                idle_before = await _sample(proc, fleet_port, t0, ports)
+                samples = [await _sample(proc, fleet_port, t0, ports)]
                 step_task = asyncio.create_task(prober.measure(opts.rate, "soak", duration))
                 while not step_task.done():
                     await asyncio.wait({step_task}, timeout=opts.sample_s)
-                    samples.append(await _sample(proc, fleet_port, t0))
+                    samples.append(await _sample(proc, fleet_port, t0, ports))
                 step = step_task.result()
                 await asyncio.sleep(opts.idle_s)
-                idle_after = await _sample(proc, fleet_port, t0)
+                idle_after = await _sample(proc, fleet_port, t0, ports)
             finally:
                 await prober.close()
                 await asyncio.to_thread(proc.stop)
@@ -166,7 +188,10 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
         "idle_before": idle_before,
         "idle_after": idle_after,
         "idle_s": opts.idle_s,
-        "max": {k: max(s[k] for s in samples) for k in ("rss_mb", "fds", "tcp", "time_wait")},
+        "max": {
+            k: max(s[k] for s in samples)
+            for k in ("rss_mb", "fds", "tcp", "store_tcp", "time_wait")
+        },
         "flat": is_flat(samples, idle_before, idle_after),
         "load": step.summary,
         "failures": step.failures,
@@ -188,10 +213,11 @@ def render(soak: dict[str, Any], plot_name: str = "soak.png") -> str:
         f"{soak['workers']} worker(s). **Flat: {'yes' if soak['flat'] else 'no'}**: RSS's second "
         f"half peaks within {GROWTH_SHARE:.0%} + 5 MB of its first half; fds and sockets, "
         "which rise and fall with load (keep-alive pools), are back within "
-        f"{GROWTH_SHARE:.0%} + 10 of *idle before* once idle again, and their floor under "
-        "load does not climb. *Idle* samples are taken after "
-        f"{soak['idle_s']:g} s without load, when every pooled connection has expired; "
-        "*start* and *end* are the first and last samples under load.",
+        f"{GROWTH_SHARE:.0%} + 10 of *idle before* once idle again (less the sockets the "
+        "Postgres and Redis pools keep), and their floor under load does not climb. *Idle* "
+        f"samples are taken after {soak['idle_s']:g} s without load, when the connections to "
+        "buyers and from publishers have expired; *start* and *end* are the first and last "
+        "samples under load.",
         "",
         "| | idle before | start | end | max | idle after |",
         "|---|---:|---:|---:|---:|---:|",
@@ -201,6 +227,7 @@ def render(soak: dict[str, Any], plot_name: str = "soak.png") -> str:
         ("rss_mb", "RSS MB"),
         ("fds", "open fds"),
         ("tcp", "TCP sockets"),
+        ("store_tcp", "of which to Postgres and Redis"),
         ("time_wait", "TIME_WAIT to fleet"),
     ):
         rows.append(

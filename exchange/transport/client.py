@@ -13,6 +13,9 @@ from enum import StrEnum
 
 import aiohttp
 
+# Seconds an idle pooled connection to a buyer is kept for its next request.
+KEEPALIVE_S = 30
+
 
 class Failure(StrEnum):
     """How a request failed, which decides what a post failure means for the lead."""
@@ -71,7 +74,7 @@ class Transport:
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             ttl_dns_cache=300,
-            keepalive_timeout=30,
+            keepalive_timeout=KEEPALIVE_S,
             enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
