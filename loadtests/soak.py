@@ -256,7 +256,13 @@ def plot(soak: dict[str, Any], path: Path) -> None:
         ("RSS MB", "open fds", "TCP sockets", "TIME_WAIT to fleet"),
         strict=True,
     ):
-        ax.plot(ts, [s[key] for s in samples], marker=".")
+        ax.plot(ts, [s[key] for s in samples], marker=".", label="under load")
+        idle = [soak[k] for k in ("idle_before", "idle_after") if k in soak]
+        ax.plot([s["t_s"] / 60 for s in idle], [s[key] for s in idle], "x", label="idle")
+        if key == "tcp":
+            store = [s.get("store_tcp", 0) for s in samples]
+            ax.plot(ts, store, linestyle=":", label="to Postgres and Redis")
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("minutes")
         ax.set_ylim(bottom=0)
