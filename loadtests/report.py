@@ -289,7 +289,8 @@ def _soak(soak: dict[str, Any]) -> list[str]:
         f"`{soak['command']}`: {soak['cell']}, {soak['rate']:g} leads/s for "
         f"{soak['minutes']:g} min, {soak['workers']} worker(s); flat: "
         f"**{'yes' if soak['flat'] else 'no'}**. See `soak.md` and `soak.png`; *idle* is "
-        "the exchange with no load, once its pooled connections have expired.",
+        "the exchange with no load, once its connections to buyers and from publishers have "
+        "expired (the Postgres and Redis pools keep theirs).",
         "",
         "| | idle before | start | end | max | idle after |",
         "|---|---:|---:|---:|---:|---:|",
