@@ -163,11 +163,15 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
                 await asyncio.sleep(opts.idle_s)
                 t0 = time.monotonic()
                 idle_before = await _sample(proc, fleet_port, t0, ports)
-                samples = [await _sample(proc, fleet_port, t0, ports)]
                 step_task = asyncio.create_task(prober.measure(opts.rate, "soak", duration))
+                load_ends = time.monotonic() + duration
+                # Only while the load runs: the idle samples bracket it, so "start" and
+                # "end" are the first and last under load (one at least, however short).
+                samples: list[dict[str, float]] = []
                 while not step_task.done():
                     await asyncio.wait({step_task}, timeout=opts.sample_s)
-                    samples.append(await _sample(proc, fleet_port, t0, ports))
+                    if time.monotonic() < load_ends or not samples:
+                        samples.append(await _sample(proc, fleet_port, t0, ports))
                 step = step_task.result()
                 await asyncio.sleep(opts.idle_s)
                 idle_after = await _sample(proc, fleet_port, t0, ports)
