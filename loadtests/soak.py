@@ -136,6 +136,7 @@ async def _sample(
 
 async def run_soak(opts: SoakOptions) -> dict[str, Any]:
     """Run the soak; the JSON-ready result (samples, start, end, flat, the load's summary)."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     timing = Timing()
     duration = opts.minutes * 60
     warm_s = min(30.0, duration / 10)
@@ -181,7 +182,7 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
     start, end = samples[0], samples[-1]
     return {
         "command": opts.command,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "started": started,
         "minutes": opts.minutes,
         "rate": opts.rate,
         "workers": opts.workers,
