@@ -217,6 +217,12 @@ def _overload_target(result: BenchResult, where: str, ex: Search, over: Step) ->
 _REFUSAL_OK = ERROR_STATUSES_OK | {"http_503"}
 
 
+def own(sample: dict[str, Any], key: str) -> float:
+    """A soak sample's fds or TCP sockets less those the store pools hold."""
+    value: float = sample[key] - sample.get("store_tcp", 0)
+    return value
+
+
 def _soak(result: BenchResult) -> str:
     soak = result.soak or {}
     start, end = soak.get("start", {}), soak.get("end", {})
@@ -228,10 +234,6 @@ def _soak(result: BenchResult) -> str:
     before, after = soak.get("idle_before"), soak.get("idle_after")
     if before is None or after is None:  # a soak from before idle samples were taken
         return under_load
-
-    def own(sample: dict[str, Any], key: str) -> Any:
-        return sample[key] - sample.get("store_tcp", 0)
-
     return (
         f"under load {under_load}; idle before → after, less store sockets: fds "
         f"{own(before, 'fds')} → {own(after, 'fds')}, sockets {own(before, 'tcp')} → "

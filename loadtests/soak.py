@@ -45,6 +45,7 @@ import matplotlib.pyplot as plt
 
 from exchange.transport.client import KEEPALIVE_S
 from loadtests.bench import ROOT, Criteria, judge
+from loadtests.benchdata import own
 from loadtests.probe import Prober, loop_runner, resources
 from loadtests.procs import Proc
 from loadtests.stack import (
@@ -107,11 +108,6 @@ def is_flat(
         if floor > _allow(max(s[key] for s in samples[:quarter]), key):
             return False
     return rss_ok
-
-
-def own(sample: dict[str, float], key: str) -> float:
-    """Fds or TCP sockets less those the store pools hold."""
-    return sample[key] - sample.get("store_tcp", 0)
 
 
 def _allow(value: float, key: str) -> float:
