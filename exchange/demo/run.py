@@ -30,6 +30,9 @@ from exchange.demo.view import Tally, render, summary_table
 from exchange.settings import AppSettings
 from exchange.store.db import migrate
 
+# The project's own config, beside the package (as migrations/ is): the demo's buyers and
+# publisher keys live there, so the demo finds it from any working directory.
+PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "config"
 # Publisher keys of config/publishers.yaml (demo keys, never for production).
 DEMO_KEYS = ("pub-1-demo-key", "pub-2-demo-key")
 VERTICAL_MIX = (("auto_insurance", 0.5), ("mortgage", 0.2), ("solar", 0.15), ("debt", 0.15))
@@ -40,8 +43,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from exchange.observability.logs import configure_logging
 
     settings = AppSettings()
-    if args.config is not None:
-        settings.config_dir = args.config
+    config_dir = demo_config_dir(args.config, settings.config_dir)
+    if config_dir is None:
+        missing = args.config or settings.config_dir
+        print(f"exchange demo: no config directory at {missing} (pass --config DIR)")
+        return 2
+    settings.config_dir = config_dir
     if args.data_dir is not None:
         settings.data_dir = args.data_dir
     configure_logging("WARNING", json=False)
@@ -55,6 +62,19 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.summary_json:
         Path(args.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return 0 if summary["leads"] > 0 else 1
+
+
+def demo_config_dir(chosen: Path | None, configured: Path) -> Path | None:
+    """``--config`` if given; else the configured dir (``./config`` unless
+    ``EXCHANGE_CONFIG_DIR`` says otherwise), or the project's own when run from another
+    folder; None when the one asked for does not exist."""
+    if chosen is not None:
+        return chosen if chosen.is_dir() else None
+    if configured.is_dir():
+        return configured
+    if configured == Path("config") and PROJECT_CONFIG.is_dir():
+        return PROJECT_CONFIG
+    return None
 
 
 async def _demo(settings: AppSettings, args: argparse.Namespace) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import asyncpg
 import orjson
+import pytest
 
+from exchange.demo.run import PROJECT_CONFIG, demo_config_dir
 from tests.kit.exchange import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,3 +65,32 @@ async def test_demo_runs_and_its_summary_matches_postgres(
     assert leads == summary["leads"]
     assert ledger == 0
     assert "demo summary" in proc.stdout
+
+
+def test_the_demo_finds_its_config_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert PROJECT_CONFIG == ROOT / "config"
+    own = tmp_path / "mine"
+    own.mkdir()
+    assert demo_config_dir(own, Path("config")) == own  # --config wins
+    assert demo_config_dir(tmp_path / "nope", Path("config")) is None  # and must exist
+    assert demo_config_dir(None, own) == own  # EXCHANGE_CONFIG_DIR, when set
+    assert demo_config_dir(None, tmp_path / "nope") is None  # set, but missing
+    # The default ./config, absent in this folder: the project's own.
+    monkeypatch.chdir(tmp_path)
+    assert demo_config_dir(None, Path("config")) == ROOT / "config"
+
+
+def test_the_demo_says_which_config_is_missing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "exchange.cli", "demo", "--config", str(tmp_path / "nope")],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert f"no config directory at {tmp_path / 'nope'}" in proc.stdout
+    assert "Traceback" not in proc.stderr
