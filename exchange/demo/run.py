@@ -13,6 +13,7 @@ import contextlib
 import random
 import secrets
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def run_demo(args: argparse.Namespace) -> int:
     config_dir = demo_config_dir(args.config, settings.config_dir)
     if config_dir is None:
         missing = args.config or settings.config_dir
-        print(f"exchange demo: no config directory at {missing} (pass --config DIR)")
+        print(
+            f"exchange demo: no config directory at {missing} (pass --config DIR)", file=sys.stderr
+        )
         return 2
     settings.config_dir = config_dir
     if args.data_dir is not None:

@@ -22,3 +22,9 @@ def test_more_ids_than_expected_keep_coming_and_stay_unique() -> None:
     drawn = [ids() for _ in range(40)]
     assert len(set(drawn)) == 40
     assert all(uuid.UUID(v).version == 4 for v in drawn)
+
+
+def test_two_leads_never_share_ids() -> None:
+    # Each lead draws its own batch: a buffer shared between instances would repeat ids.
+    first, second = PingIds(0), PingIds(0)
+    assert {first() for _ in range(5)}.isdisjoint({second() for _ in range(5)})

@@ -92,5 +92,5 @@ def test_the_demo_says_which_config_is_missing(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2
-    assert f"no config directory at {tmp_path / 'nope'}" in proc.stdout
+    assert f"no config directory at {tmp_path / 'nope'}" in proc.stderr
     assert "Traceback" not in proc.stderr

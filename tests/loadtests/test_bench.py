@@ -328,6 +328,7 @@ def test_soak_tells_a_leak_from_a_pool_that_breathes_with_load() -> None:
     grown_pools = {"rss_mb": 138.0, "fds": 87, "tcp": 74, "store_tcp": 42}
     assert is_flat(breathing, idle, grown_pools)
     climbing = _samples(steady, [60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170])
+    assert not is_flat(climbing, idle, idle | {"fds": 170, "tcp": 157})  # kept it all
     # Given back at the end, but the floor climbed all along: still a leak.
     assert not is_flat(climbing, idle, idle)
     growing = _samples([100.0 + 5 * i for i in range(12)], [62] * 12)
