@@ -57,6 +57,7 @@ def create_app(settings: AppSettings, catalog: Catalog | None = None) -> FastAPI
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        telemetry={"tracing": settings.otel, "metrics": settings.otel, "logs": settings.otel},
     )
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)

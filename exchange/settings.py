@@ -24,3 +24,6 @@ class AppSettings(BaseSettings):
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(20, ge=1)
     idempotency_days: int = Field(30, ge=1, le=3650)
+    # FastAPI's own OpenTelemetry hooks look the providers up on every request; metrics
+    # are Prometheus here, so they stay off unless an operator wires OpenTelemetry in.
+    otel: bool = False

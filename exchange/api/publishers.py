@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from limits import RateLimitItemPerSecond
 from redis.exceptions import RedisError
 from starlette.responses import Response
@@ -20,8 +23,20 @@ from exchange.intake.validate import Invalid
 from exchange.observability import record
 from exchange.runtime import Runtime
 
-router = APIRouter()
 _RETRY = {"Retry-After": "1"}
+
+
+class DirectRoute(APIRoute):
+    """Hands the endpoint the ``Request`` itself, skipping FastAPI's dependency solving
+    (~15 µs a lead here); the route stays in the OpenAPI document. For endpoints that take
+    only ``request`` and return a ``Response``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return endpoint
+
+
+router = APIRouter(route_class=DirectRoute)
 
 
 @router.post("/v1/leads", tags=["publishers"], summary="Submit a lead; answers within the deadline")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from functools import lru_cache
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +22,16 @@ from exchange.observability.metrics import HTTP_DURATION, HTTP_REQUESTS
 UNMATCHED_ROUTE = "other"
 # Any token is a valid method on the wire; only these get a series of their own.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@lru_cache(maxsize=1024)
+def _children(route: str, method: str, status: int) -> tuple[Any, Any]:
+    # labels() takes a lock and builds a key per call: once per (route, method, status).
+    # Bounded: routes and methods are fixed sets and statuses are three-digit codes.
+    return (
+        HTTP_REQUESTS.labels(route=route, method=method, status=str(status)),
+        HTTP_DURATION.labels(route=route, method=method),
+    )
 
 
 def route_template(scope: Scope) -> str:
@@ -54,5 +66,6 @@ class PrometheusMiddleware:
         finally:
             route = route_template(scope)
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-            HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-            HTTP_DURATION.labels(route=route, method=method).observe(time.perf_counter() - start)
+            requests, duration = _children(route, method, status)
+            requests.inc()
+            duration.observe(time.perf_counter() - start)
