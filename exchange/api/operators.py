@@ -18,7 +18,7 @@ router = APIRouter()
 
 class SettleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    buyer_id: str = Field(min_length=1, max_length=64)
+    buyer_id: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00]+$")  # no NUL in PG
     accepted: bool
 
 

@@ -136,8 +136,10 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def _text(value: Any, limit: int) -> str | None:
+    """A buyer's id or reason as storable text: Postgres text cannot hold NUL, and one
+    buyer's stray NUL must not cost the lead its record (it would fail the whole save)."""
     if value is None:
         return None
     if isinstance(value, str | int):
-        return str(value)[:limit]
+        return str(value).replace("\x00", "")[:limit]
     return None

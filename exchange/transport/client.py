@@ -149,4 +149,6 @@ def _oversize(limit: int, started: float) -> TransportError:
 
 def _fail(failure: Failure, exc: BaseException, started: float) -> TransportError:
     elapsed = (time.perf_counter() - started) * 1000
-    return TransportError(failure, type(exc).__name__ + (f": {exc}" if str(exc) else ""), elapsed)
+    # The message may quote what the buyer sent; NUL cannot be stored (see buyers.protocol).
+    detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return TransportError(failure, detail.replace("\x00", ""), elapsed)

@@ -195,6 +195,22 @@ async def test_unreadable_ping_answers_are_errors_and_never_win(market: OpenMark
     assert_ledger_balanced(record)
 
 
+async def test_nul_characters_in_a_buyers_answers_are_dropped_not_fatal(
+    market: OpenMarket,
+) -> None:
+    # Postgres text cannot hold NUL: stored verbatim, one buyer's ids would sink the record.
+    m = await market(_buyer("liar", 30, ping_mode="nul_text", post_mode="nul_text"), _buyer("good"))
+    answer = await _sold_lead(m, lead_body())
+    assert answer["status"] == "sold" and answer["payout"] == "21.00"
+    assert m.posts_seen() == {"liar": 1, "good": 0}
+    record = await m.record(answer["lead_id"])
+    assert record.lead is not None and record.lead["status"] == "sold"
+    assert record.ping_by_buyer["liar"]["bid_id"] == "hasnul"
+    assert [(p["buyer_id"], p["buyer_lead_id"]) for p in record.posts] == [("liar", "hasnul")]
+    assert [s["buyer_id"] for s in record.sales] == ["liar"]
+    assert_ledger_balanced(record)
+
+
 @pytest.mark.parametrize(
     ("post_mode", "state", "reason"),
     [("reject", "rejected", "post_rejected"), ("error500", "failed", "post_failed")],

@@ -64,6 +64,7 @@ async def test_settled_as_accepted_becomes_a_sale(market: OpenMarket) -> None:
     assert (await m.ex.settle(lead_id, "acme", True, token=None)).status_code == 401
     assert (await m.ex.settle(lead_id, "acme", True, token=PUB_KEY)).status_code == 401
     assert (await m.ex.settle(lead_id, "bolt", True)).status_code == 409  # never posted to
+    assert (await m.ex.settle(lead_id, "ac\x00me", True)).status_code == 422  # not storable
     assert (await m.ex.settle(str(uuid.uuid4()), "acme", True)).status_code == 404
     assert (await m.ex.get_lead(lead_id, PUB_KEY)).json()["status"] == "pending"
 

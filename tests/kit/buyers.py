@@ -11,8 +11,11 @@ from aiohttp import web
 
 from exchange.buyers.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
-PingMode = Literal["bid", "no_bid", "hang", "garbage", "error500", "oversize", "trickle", "late"]
-PostMode = Literal["accept", "reject", "hang", "error500", "garbage2xx"]
+PingMode = Literal[
+    "bid", "no_bid", "hang", "garbage", "error500", "oversize", "trickle", "late", "nul_text"
+]
+PostMode = Literal["accept", "reject", "hang", "error500", "garbage2xx", "nul_text"]
+NUL_TEXT = "has\x00nul"  # what a lying buyer puts in its ids and reasons (Postgres refuses NUL)
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Buyer:
             return resp
         if mode == "no_bid":
             return web.json_response({"bid": False, "reason": "not interested"})
+        if mode == "nul_text":
+            return web.json_response({"bid": True, "price": self.price, "bid_id": NUL_TEXT})
         bid_id = f"{self.buyer_id}-b{len(self.pings)}"
         return web.Response(
             body=orjson.dumps({"bid": True, "price": self.price, "bid_id": bid_id}),
@@ -91,6 +96,10 @@ class Buyer:
             return web.Response(text="ok!")
         if mode == "reject":
             return web.json_response({"accepted": False, "reason": "duplicate in our CRM"})
+        if mode == "nul_text":
+            return web.json_response(
+                {"accepted": True, "buyer_lead_id": NUL_TEXT, "reason": NUL_TEXT}
+            )
         return web.json_response(
             {"accepted": True, "buyer_lead_id": f"{self.buyer_id}-L{len(self.posts)}"}
         )
