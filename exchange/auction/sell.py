@@ -47,6 +47,15 @@ class AuctionDeps:
 
 
 @dataclass
+class Progress:
+    """How far one lead got, read when something fails: once a post has been attempted a
+    buyer may hold the lead, so it must never be auctioned again (a retry included)."""
+
+    posted: bool = False
+    saved: bool = False  # its record is in Postgres (set by intake)
+
+
+@dataclass
 class _State:
     """The running tally of one lead's auction."""
 
@@ -55,6 +64,7 @@ class _State:
     rules: RankRules
     results: dict[str, CampaignResult]
     ids: PingIds  # every campaign considered gets one, pinged or not
+    progress: Progress
     posts: list[PostResult] = dataclasses.field(default_factory=list)
     sales: list[SaleResult] = dataclasses.field(default_factory=list)
     holders: set[str] = dataclasses.field(default_factory=set)  # buyers that have (or may have) it
@@ -66,14 +76,19 @@ class _State:
 
 
 async def sell(
-    deps: AuctionDeps, catalog: Catalog, publisher: Publisher, lead: Lead, deadline: Deadline
+    deps: AuctionDeps,
+    catalog: Catalog,
+    publisher: Publisher,
+    lead: Lead,
+    deadline: Deadline,
+    progress: Progress | None = None,
 ) -> Outcome:
     vertical = catalog.verticals[lead.vertical]
     settings = catalog.settings
     now = datetime.now(UTC)
     rules = RankRules(vertical.mode, vertical.floor, vertical.pricing, vertical.max_sells)
     candidates = catalog.by_vertical.get(lead.vertical, ())
-    state = _State(lead, vertical, rules, {}, PingIds(len(candidates)))
+    state = _State(lead, vertical, rules, {}, PingIds(len(candidates)), progress or Progress())
     screened = screen(candidates, lead, now, deps.paused)
     for ex in screened.excluded:
         _note(state, ex.target, ex.reason, ex.reason, detail=ex.detail)
@@ -204,6 +219,7 @@ async def _try_offer(
             result.detail = "cap or budget reached before its post"
             return
     timeout = min(float(catalog.settings.post_timeout_ms), remaining)
+    state.progress.posted = True
     attempt = await post_lead(deps.transport, target, offer, price, state.lead, full_lead, timeout)
     result.reason = attempt.reason
     if attempt.detail:

@@ -33,6 +33,15 @@ end
 return 1
 """
 
+# Deletes each key that still holds ARGV[1]: gives back only what this lead took.
+_RELEASE_OWN = """
+local n = 0
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then n = n + redis.call('DEL', k) end
+end
+return n
+"""
+
 PENDING = b"p:"
 DONE = b"d:"
 
@@ -54,6 +63,7 @@ class Guard:
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
         self._dedupe = redis.register_script(_CLAIM)
+        self._release_own = redis.register_script(_RELEASE_OWN)
 
     def idempotency_keys(
         self, publisher_id: str, external_id: str | None, idempotency_key: str | None
@@ -107,13 +117,22 @@ class Guard:
         """The earlier lead id if this phone or email was seen in the window; else claim them."""
         if days <= 0:
             return None
-        space = "test:" if test else ""
-        base = f"{self._prefix}dd:{{{vertical}}}:{space}"
-        keys = [base + "p:" + phone]
-        if email:
-            keys.append(base + "e:" + email)
+        keys = self._dedupe_keys(vertical, phone, email, test)
         found = await self._dedupe(keys=keys, args=[lead_id, days * 86400])
         return cast(bytes, found).decode() if found is not None else None
+
+    async def release_duplicate(
+        self, vertical: str, phone: str, email: str | None, lead_id: str, test: bool
+    ) -> None:
+        """Give back the phone and email this lead claimed, if they are still its own: a lead
+        that failed before any buyer saw it must not make its own retry a duplicate."""
+        keys = self._dedupe_keys(vertical, phone, email, test)
+        await self._release_own(keys=keys, args=[lead_id])
+
+    def _dedupe_keys(self, vertical: str, phone: str, email: str | None, test: bool) -> list[str]:
+        space = "test:" if test else ""
+        base = f"{self._prefix}dd:{{{vertical}}}:{space}"
+        return [base + "p:" + phone] + ([base + "e:" + email] if email else [])
 
 
 def _read_claim(raw: bytes) -> Claim:

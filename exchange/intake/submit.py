@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from exchange.auction.deadline import Deadline
 from exchange.auction.outcome import Outcome
-from exchange.auction.sell import sell
+from exchange.auction.sell import Progress, sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim
@@ -36,6 +37,7 @@ from exchange.store.leads import find_answer, save_lead
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _POSTGRES_RESERVE_MS = 100
+UNRECORDED = "sold to a buyer, but its record could not be saved; held for an operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +77,49 @@ async def submit_lead(
         _abandon(rt, backstop)
         return Answer(await _earlier_answer(rt, lead, keys, claim, deadline), repeat=True)
     with bind_lead(lead.lead_id):
+        progress = Progress()
         try:
             if backstop is not None:
                 stored = await backstop
                 if stored is not None:
                     rt.after_answer(_finish(rt, keys, stored, claimed_by=lead.lead_id))
                     return Answer(stored, repeat=True)
-            answer = await _run(rt, catalog, publisher, lead, deadline)
+            answer = await _run(rt, catalog, publisher, lead, deadline, progress)
         except BaseException:
-            await asyncio.shield(rt.guard.release(keys, lead.lead_id))
+            await asyncio.shield(_give_back(rt, keys, lead, progress))
             raise
         if keys:
             # Off the answer path: repeats that arrive before it lands wait for it (they
             # poll the claim), and a sold, saved lead is not answered 503 if Redis fails.
             rt.after_answer(_finish(rt, keys, answer, claimed_by=lead.lead_id))
         return Answer(answer)
+
+
+async def _give_back(rt: Runtime, keys: list[str], lead: Lead, progress: Progress) -> None:
+    """Free what a failed lead claimed, so its retry runs and is not a duplicate of itself;
+    unless a post was attempted: then a buyer may hold the lead, and a retry must not
+    auction it again (it waits on the kept claim, then hears "pending")."""
+    if progress.saved:  # recorded: a repeat's Postgres backstop finds it; the dedupe stays
+        with contextlib.suppress(RedisError, OSError):
+            await rt.guard.release(keys, lead.lead_id)
+        return
+    if progress.posted:
+        record.unrecorded(lead.vertical)
+        log.error("lead failed after a post; its claim is kept so it is not sold again")
+        held = {
+            "lead_id": lead.lead_id,
+            "status": "pending",
+            "payout": fmt(0),
+            "reason": UNRECORDED,
+        }
+        with contextlib.suppress(RedisError, OSError):  # repeats then hear it at once
+            await rt.guard.finish(keys, held)
+        return
+    with contextlib.suppress(RedisError, OSError):  # the lead's own error is the one to raise
+        await rt.guard.release(keys, lead.lead_id)
+        await rt.guard.release_duplicate(
+            lead.vertical, lead.phone, lead.email, lead.lead_id, lead.test
+        )
 
 
 def _abandon(rt: Runtime, task: asyncio.Future[Any] | None) -> None:
@@ -123,7 +153,12 @@ async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any], *, claim
 
 
 async def _run(
-    rt: Runtime, catalog: Catalog, publisher: Publisher, lead: Lead, deadline: Deadline
+    rt: Runtime,
+    catalog: Catalog,
+    publisher: Publisher,
+    lead: Lead,
+    deadline: Deadline,
+    progress: Progress,
 ) -> dict[str, Any]:
     # One catalog for the whole lead: a reload mid-lead must not mix two configs.
     vertical = catalog.verticals[lead.vertical]
@@ -141,9 +176,15 @@ async def _run(
                 f"same phone or email as lead {earlier} within {vertical.dedupe_days} days",
             )
         else:
-            outcome = await sell(rt.auction, catalog, publisher, lead, deadline)
+            outcome = await sell(rt.auction, catalog, publisher, lead, deadline, progress)
     duration_ms = round(deadline.elapsed_ms())
-    await _save(rt, lead, outcome, vertical.exclusive, duration_ms)
+    try:
+        await _save(rt, lead, outcome, vertical.exclusive, duration_ms)
+        progress.saved = True
+    except Exception:
+        if not outcome.posts:
+            raise  # no buyer has seen it: the publisher hears the failure and may retry
+        outcome = _unrecorded(lead, outcome)
     record.lead_done(lead, outcome, duration_ms / 1000)
     log.info(
         "lead answered",
@@ -165,6 +206,28 @@ async def _run(
     if outcome.reason:
         answer["reason"] = outcome.reason
     return answer
+
+
+def _unrecorded(lead: Lead, outcome: Outcome) -> Outcome:
+    """A lead posted to a buyer whose record failed to save: answered ``pending`` (and kept
+    so for repeats), never auctioned again; the error log carries the posts to settle."""
+    record.unrecorded(lead.vertical)
+    posts = [
+        {
+            "buyer_id": p.buyer_id,
+            "campaign_id": p.campaign_id,
+            "price_cents": p.price_cents,
+            "state": p.state,
+            "buyer_lead_id": p.buyer_lead_id,
+        }
+        for p in outcome.posts
+    ]
+    log.error(
+        "lead not recorded after a post",
+        exc_info=True,
+        extra={"publisher_id": lead.publisher_id, "external_id": lead.external_id, "posts": posts},
+    )
+    return dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
 
 
 async def _save(

@@ -192,6 +192,12 @@ REDIS_ERRORS = Counter(
     "Redis calls that failed, by operation.",
     ["op"],
 )
+LEADS_UNRECORDED = Counter(
+    "exchange_leads_unrecorded_total",
+    "Leads a buyer may hold whose record could not be saved (held, logged at ERROR to "
+    "settle by hand); alert on any.",
+    ["vertical"],
+)
 STORE_DURATION = Histogram(
     "exchange_store_duration_seconds",
     "Store calls of the lead path by store and op: Redis claim, dedupe and finish (after "

@@ -17,6 +17,7 @@ from exchange.observability.metrics import (
     LEADS,
     LEADS_IN_FLIGHT,
     LEADS_REFUSED,
+    LEADS_UNRECORDED,
     MARGIN,
     PAYOUT,
     PING_LATENCY,
@@ -99,6 +100,10 @@ def store_error(store: str, op: str) -> None:
     """A store call that failed; Redis ones feed ``exchange_redis_errors_total``."""
     if store == "redis":
         REDIS_ERRORS.labels(op=op).inc()
+
+
+def unrecorded(vertical: str) -> None:
+    LEADS_UNRECORDED.labels(vertical=vertical).inc()
 
 
 def throttled(buyers: Iterable[str], throttled_now: frozenset[str]) -> None:

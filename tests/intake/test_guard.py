@@ -1,0 +1,30 @@
+"""The dedupe claim and its release, on a real Redis."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from exchange.intake.guard import Guard
+
+PHONE, EMAIL = "+14155550100", "ada@example.com"
+
+
+async def test_release_gives_back_only_what_the_lead_still_holds(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    guard = Guard(redis_client, redis_prefix)
+    assert await guard.check_duplicate("auto", PHONE, EMAIL, "lead-1", 30, False) is None
+    assert await guard.check_duplicate("auto", PHONE, None, "lead-2", 30, False) == "lead-1"
+
+    # Another lead's claim is not ours to free: lead-2 took nothing, lead-1 keeps both.
+    await guard.release_duplicate("auto", PHONE, EMAIL, "lead-2", False)
+    assert await guard.check_duplicate("auto", "+14155550199", EMAIL, "lead-3", 30, False) == (
+        "lead-1"
+    )
+    await guard.release_duplicate("auto", PHONE, EMAIL, "lead-1", False)
+    assert [k async for k in redis_client.scan_iter(match=f"{redis_prefix}dd:*")] == []
+    # Freed, the phone and email are anyone's again; test leads live apart from real ones.
+    assert await guard.check_duplicate("auto", PHONE, EMAIL, "lead-4", 30, False) is None
+    assert await guard.check_duplicate("auto", PHONE, EMAIL, "lead-5", 30, True) is None
+    await guard.release_duplicate("auto", PHONE, EMAIL, "lead-4", True)
+    assert await guard.check_duplicate("auto", PHONE, EMAIL, "lead-6", 30, False) == "lead-4"
