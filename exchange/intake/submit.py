@@ -62,6 +62,7 @@ async def submit_lead(
         verticals=catalog.verticals,
         received_at=datetime.now(UTC),
         idempotency_key=idempotency_key,
+        raw=raw,
     )
     keys = rt.guard.idempotency_keys(publisher.id, lead.external_id, idempotency_key)
     # The Postgres backstop is read only if this request turns out first, but it runs

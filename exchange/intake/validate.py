@@ -45,15 +45,21 @@ def parse_lead(
     verticals: Mapping[str, Vertical],
     received_at: datetime,
     idempotency_key: str | None = None,
+    raw: bytes | None = None,
 ) -> Lead:
-    """A normalized Lead, or ``Invalid`` listing every bad field."""
+    """A normalized Lead, or ``Invalid`` listing every bad field. ``raw``: the JSON text
+    ``body`` was parsed from, which spares the search for NUL when it holds none."""
     errors: list[FieldError] = []
     if not isinstance(body, dict):
         raise Invalid([FieldError("(body)", "must be a JSON object")])
     # Postgres text and jsonb cannot hold NUL: refuse it here, before any buyer sees the lead.
-    nul = [FieldError(path, "must not contain the NUL character") for path in _nul_paths(body, "")]
-    if nul:
-        raise Invalid(nul)
+    # JSON can only spell it as the escape \u0000 (a raw control character is not JSON).
+    if raw is None or b"\\u0000" in raw:
+        paths = _nul_paths(body, "")
+        if paths:
+            raise Invalid(
+                [FieldError(path, "must not contain the NUL character") for path in paths]
+            )
     for key in body:
         if key not in _TOP_KEYS:
             errors.append(FieldError(str(key), "unknown field"))

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from exchange.auction.outcome import Outcome
 from exchange.intake.lead import Lead
@@ -15,26 +14,26 @@ from exchange.store.db import Conn
 
 # One statement, one round trip, one implicit transaction: the lead, one row per campaign
 # considered, its posts, its sales and their ledger rows land together or not at all.
-# Foreign keys are checked at the end of the statement, when the lead row exists.
+# Foreign keys are checked at the end of the statement, when the lead row exists. Rows go
+# as one jsonb array per table: ~40 µs less client CPU a lead than parallel arrays, whose
+# encoder runs ABC isinstance checks on every element (loadtests/README).
 _SAVE = """
 WITH ping_rows AS (
     INSERT INTO pings (ping_id, lead_id, buyer_id, campaign_id, outcome, reason, detail,
                        price_cents, bid_id, latency_ms)
     SELECT p.ping_id, $1, p.buyer_id, p.campaign_id, p.outcome, p.reason, p.detail,
            p.price_cents, p.bid_id, p.latency_ms
-    FROM unnest($21::uuid[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[],
-                $27::bigint[], $28::text[], $29::int[])
-         AS p(ping_id, buyer_id, campaign_id, outcome, reason, detail, price_cents, bid_id,
-              latency_ms)
+    FROM jsonb_to_recordset($21::jsonb)
+         AS p(ping_id uuid, buyer_id text, campaign_id text, outcome text, reason text,
+              detail text, price_cents bigint, bid_id text, latency_ms int)
 ), post_rows AS (
     INSERT INTO posts (lead_id, buyer_id, campaign_id, price_cents, state, accepted, reason,
                        buyer_lead_id, latency_ms, reservation)
     SELECT $1, q.buyer_id, q.campaign_id, q.price_cents, q.state, q.accepted, q.reason,
-           q.buyer_lead_id, q.latency_ms, q.reservation::jsonb
-    FROM unnest($30::text[], $31::text[], $32::bigint[], $33::text[], $34::bool[], $35::text[],
-                $36::text[], $37::int[], $38::text[])
-         AS q(buyer_id, campaign_id, price_cents, state, accepted, reason, buyer_lead_id,
-              latency_ms, reservation)
+           q.buyer_lead_id, q.latency_ms, q.reservation
+    FROM jsonb_to_recordset($22::jsonb)
+         AS q(buyer_id text, campaign_id text, price_cents bigint, state text, accepted bool,
+              reason text, buyer_lead_id text, latency_ms int, reservation jsonb)
 ), lead_row AS (
     INSERT INTO leads (lead_id, publisher_id, external_id, idempotency_key, vertical, test,
                        status, reason, payout_cents, received_at, duration_ms, phone, email,
@@ -44,9 +43,9 @@ WITH ping_rows AS (
 ), sale_rows AS (
     INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id, price_cents,
                        payout_cents, test, exclusive)
-    SELECT $1, $2, $5, s.buyer_id, s.campaign_id, s.price_cents, s.payout_cents, $6, $39
-    FROM unnest($40::text[], $41::text[], $42::bigint[], $43::bigint[])
-         AS s(buyer_id, campaign_id, price_cents, payout_cents)
+    SELECT $1, $2, $5, s.buyer_id, s.campaign_id, s.price_cents, s.payout_cents, $6, $23
+    FROM jsonb_to_recordset($24::jsonb)
+         AS s(buyer_id text, campaign_id text, price_cents bigint, payout_cents bigint)
     RETURNING sale_id, buyer_id, price_cents, payout_cents
 )
 INSERT INTO ledger (sale_id, lead_id, account, kind, amount_cents)
@@ -97,29 +96,44 @@ async def save_lead(
         _jsonable(lead.profile),
         lead.consent,
         lead.source,
-        [c.ping_id for c in camps],  # asyncpg encodes hex text as uuid: no UUID objects
-        [c.buyer_id for c in camps],
-        [c.campaign_id for c in camps],
-        [str(c.outcome) for c in camps],
-        [str(c.reason) for c in camps],
-        [c.detail for c in camps],
-        [c.price_cents for c in camps],
-        [c.bid_id for c in camps],
-        [_ms(c.latency_ms) for c in camps],
-        [p.buyer_id for p in posts],
-        [p.campaign_id for p in posts],
-        [p.price_cents for p in posts],
-        [p.state for p in posts],
-        [_ACCEPTED.get(p.state) for p in posts],
-        [p.reason for p in posts],
-        [p.buyer_lead_id for p in posts],
-        [_ms(p.latency_ms) for p in posts],
-        [None if p.reservation is None else orjson.dumps(p.reservation).decode() for p in posts],
+        [
+            {
+                "ping_id": c.ping_id,
+                "buyer_id": c.buyer_id,
+                "campaign_id": c.campaign_id,
+                "outcome": c.outcome,
+                "reason": c.reason,
+                "detail": c.detail,
+                "price_cents": c.price_cents,
+                "bid_id": c.bid_id,
+                "latency_ms": _ms(c.latency_ms),
+            }
+            for c in camps
+        ],
+        [
+            {
+                "buyer_id": p.buyer_id,
+                "campaign_id": p.campaign_id,
+                "price_cents": p.price_cents,
+                "state": p.state,
+                "accepted": _ACCEPTED.get(p.state),
+                "reason": p.reason,
+                "buyer_lead_id": p.buyer_lead_id,
+                "latency_ms": _ms(p.latency_ms),
+                "reservation": p.reservation,
+            }
+            for p in posts
+        ],
         exclusive,
-        [s.buyer_id for s in sales],
-        [s.campaign_id for s in sales],
-        [s.price_cents for s in sales],
-        [0 if test else s.payout_cents for s in sales],
+        [
+            {
+                "buyer_id": s.buyer_id,
+                "campaign_id": s.campaign_id,
+                "price_cents": s.price_cents,
+                "payout_cents": 0 if test else s.payout_cents,
+            }
+            for s in sales
+        ],
     )
 
 

@@ -224,6 +224,19 @@ async def test_nul_character_in_text_is_refused_or_stored_never_5xx(
     assert sold == (1 if answer["status"] == "sold" else 0)
 
 
+async def test_nul_character_in_a_key_is_refused(
+    intake: tuple[RunningExchange, Buyer], intake_db: str
+) -> None:
+    ex, buyer = intake
+    body = lead_body()
+    body["source"]["sub\u0000id"] = "x"
+    posts = len(buyer.posts)
+    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit(body))
+    _problem(resp, 422)
+    assert [e["field"].startswith("source.sub") for e in resp.json()["errors"]] == [True]
+    assert len(buyer.posts) == posts
+
+
 # --- random bodies -------------------------------------------------------------------------
 
 _scalars = (
