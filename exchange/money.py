@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, PlainSerializer
 
 _CENT = Decimal("0.01")
 MAX_CENTS = 10_000_000_00  # ten million dollars: anything above is a typo, not a price
+_MAX_AMOUNT = Decimal(MAX_CENTS) / 100
 
 
 class MoneyError(ValueError):
@@ -46,10 +47,11 @@ def to_cents(value: Any) -> int:
     amount = to_decimal(value)
     if amount < 0:
         raise MoneyError("money cannot be negative")
-    cents = int((amount / _CENT).to_integral_value(rounding=ROUND_DOWN))
-    if cents > MAX_CENTS:
+    # Compared before any arithmetic: "1e999999" would overflow the division (a buyer's
+    # price string must not turn its ping into an exception).
+    if amount > _MAX_AMOUNT:
         raise MoneyError("amount is implausibly large")
-    return cents
+    return int((amount / _CENT).to_integral_value(rounding=ROUND_DOWN))
 
 
 def fmt(cents: int) -> str:

@@ -24,8 +24,24 @@ def test_to_cents(value: object, cents: int) -> None:
     assert to_cents(value) == cents
 
 
+_OUT_OF_RANGE = ["1e999999", Decimal("9e999999999")]  # dividing by a cent would overflow
+
+
 @pytest.mark.parametrize(
-    "value", [True, None, "abc", "-1", -0.5, float("nan"), float("inf"), [1], "1e12"]
+    "value",
+    [
+        True,
+        None,
+        "abc",
+        "-1",
+        -0.5,
+        float("nan"),
+        float("inf"),
+        [1],
+        "1e12",
+        "10000000.01",
+        *_OUT_OF_RANGE,
+    ],
 )
 def test_to_cents_refuses(value: object) -> None:
     with pytest.raises(MoneyError):

@@ -106,29 +106,28 @@ async def ping_all(
 async def _ping_one(transport: Transport, req: PingRequest, lead: LeadPingView) -> PingResult:
     target = req.target
     assert target.buyer.ping_url is not None
-    body = ping_body(
-        ping_id=req.ping_id,
-        campaign_id=target.campaign.id,
-        vertical=lead.vertical,
-        exclusive=lead.exclusive,
-        tmax_ms=req.timeout_ms,
-        test=lead.test,
-        state=lead.state,
-        zip5=lead.zip5,
-        ping_profile=lead.profile,
-    )
-    headers = signed_headers(target.buyer.secret, body)
     try:
+        body = ping_body(
+            ping_id=req.ping_id,
+            campaign_id=target.campaign.id,
+            vertical=lead.vertical,
+            exclusive=lead.exclusive,
+            tmax_ms=req.timeout_ms,
+            test=lead.test,
+            state=lead.state,
+            zip5=lead.zip5,
+            ping_profile=lead.profile,
+        )
+        headers = signed_headers(target.buyer.secret, body)
         reply = await transport.post(target.buyer.ping_url, body, headers, req.timeout_ms / 1000)
+        answer = read_ping_answer(reply.status, reply.body)
     except TransportError as exc:
         outcome = Reason.TIMEOUT if exc.failure == "timeout" else Reason.ERROR
         return PingResult(
             target, req.ping_id, PingAnswer(outcome, reason=exc.detail), exc.latency_ms
         )
-    except Exception as exc:  # a bug in one ping must not sink the others
+    except Exception as exc:  # a bug or an unforeseen answer in one ping must not sink the others
         return PingResult(
             target, req.ping_id, PingAnswer(Reason.ERROR, reason=repr(exc)[:200]), None
         )
-    return PingResult(
-        target, req.ping_id, read_ping_answer(reply.status, reply.body), reply.latency_ms
-    )
+    return PingResult(target, req.ping_id, answer, reply.latency_ms)

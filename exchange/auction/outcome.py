@@ -62,3 +62,12 @@ class Outcome:
     @property
     def revenue_cents(self) -> int:
         return sum(s.price_cents for s in self.sales)
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far one lead got, read when something fails: once a post has been sent a buyer
+    may hold the lead, so it must never be auctioned again (a retry included)."""
+
+    posted: bool = False
+    saved: bool = False  # its record is in Postgres (set by intake)

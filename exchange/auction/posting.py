@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from exchange.auction.outcome import PostState
+from exchange.auction.outcome import PostState, Progress
 from exchange.auction.types import Offer, Reason
 from exchange.buyers.protocol import post_body, read_post_answer
 from exchange.buyers.signing import signed_headers
@@ -36,17 +36,22 @@ async def post_lead(
     lead: Lead,
     full_lead: dict[str, Any],
     timeout_ms: float,
+    progress: Progress,
 ) -> PostAttempt:
-    body = post_body(
-        ping_id=offer.ping_id,
-        campaign_id=offer.campaign_id,
-        bid_id=offer.bid_id,
-        price_cents=price_cents,
-        lead_id=lead.lead_id,
-        test=lead.test,
-        lead=full_lead,
-    )
+    try:
+        body = post_body(
+            ping_id=offer.ping_id,
+            campaign_id=offer.campaign_id,
+            bid_id=offer.bid_id,
+            price_cents=price_cents,
+            lead_id=lead.lead_id,
+            test=lead.test,
+            lead=full_lead,
+        )
+    except (TypeError, ValueError) as exc:  # validation should make this unreachable
+        return PostAttempt("failed", Reason.POST_FAILED, f"lead not encodable: {exc}", None, None)
     headers = signed_headers(target.buyer.secret, body)
+    progress.posted = True  # from here the buyer may get the lead, whatever happens next
     try:
         reply = await transport.post(target.buyer.post_url, body, headers, timeout_ms / 1000)
     except TransportError as exc:

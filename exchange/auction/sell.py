@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from exchange.auction.deadline import Deadline
 from exchange.auction.fanout import LeadPingView, PingIds, PingRequest, PingResult, ping_all
-from exchange.auction.outcome import CampaignResult, Outcome, PostResult, SaleResult
+from exchange.auction.outcome import CampaignResult, Outcome, PostResult, Progress, SaleResult
 from exchange.auction.posting import post_lead
 from exchange.auction.ranking import flatten, order_group, price_for, rank
 from exchange.auction.types import Offer, RankRules, Reason
@@ -44,15 +44,6 @@ class AuctionDeps:
     prefix: str
     health: BuyerHealth
     paused: Collection[str] = frozenset()
-
-
-@dataclass
-class Progress:
-    """How far one lead got, read when something fails: once a post has been attempted a
-    buyer may hold the lead, so it must never be auctioned again (a retry included)."""
-
-    posted: bool = False
-    saved: bool = False  # its record is in Postgres (set by intake)
 
 
 @dataclass
@@ -219,8 +210,9 @@ async def _try_offer(
             result.detail = "cap or budget reached before its post"
             return
     timeout = min(float(catalog.settings.post_timeout_ms), remaining)
-    state.progress.posted = True
-    attempt = await post_lead(deps.transport, target, offer, price, state.lead, full_lead, timeout)
+    attempt = await post_lead(
+        deps.transport, target, offer, price, state.lead, full_lead, timeout, state.progress
+    )
     result.reason = attempt.reason
     if attempt.detail:
         result.detail = attempt.detail

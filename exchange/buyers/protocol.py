@@ -37,8 +37,15 @@ class PostAnswer:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return float(value) if value != value.to_integral_value() else int(value)
+        # A JSON integer must fit 64 bits for orjson; validation keeps profile numbers far
+        # below that, and anything else goes as the float a buyer's parser would make of it.
+        if value == value.to_integral_value() and abs(value) < _INT64:
+            return int(value)
+        return float(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_INT64 = 2**63
 
 
 def ping_body(

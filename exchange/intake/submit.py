@@ -21,8 +21,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from exchange.auction.deadline import Deadline
-from exchange.auction.outcome import Outcome
-from exchange.auction.sell import Progress, sell
+from exchange.auction.outcome import Outcome, Progress
+from exchange.auction.sell import sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim

@@ -30,6 +30,12 @@ _TOP_KEYS = frozenset(
 )
 _MAX_TEXT = 200
 _MAX_EXTRA_KEYS = 50
+# Objects and arrays within the body (the body is level 1; a lead needs three or four).
+# orjson writes no deeper than ~250 levels: a deeper consent would pass here and then fail
+# the post and the save.
+_MAX_DEPTH = 10
+# Profile numbers: beyond this they are typos or attacks (int("1e1000000") takes a minute).
+_MAX_NUMBER_DIGITS = 15
 
 
 class Invalid(Exception):
@@ -52,6 +58,12 @@ def parse_lead(
     errors: list[FieldError] = []
     if not isinstance(body, dict):
         raise Invalid([FieldError("(body)", "must be a JSON object")])
+    # Counting brackets bounds the depth from above: most bodies need no walk at all.
+    if raw is None or raw.count(b"{") + raw.count(b"[") > _MAX_DEPTH:
+        deep = _too_deep(body)
+        if deep is not None:
+            message = f"must not nest objects or arrays more than {_MAX_DEPTH} levels deep"
+            raise Invalid([FieldError(deep, message)])
     # Postgres text and jsonb cannot hold NUL: refuse it here, before any buyer sees the lead.
     # JSON can only spell it as the escape \u0000 (a raw control character is not JSON).
     if raw is None or b"\\u0000" in raw:
@@ -210,6 +222,8 @@ def _typed(value: Any, spec: FieldSpec) -> tuple[str | None, Any]:
         return "must be a number", None
     if not number.is_finite():
         return "must be a number", None
+    if number and number.adjusted() >= _MAX_NUMBER_DIGITS:
+        return f"must be less than 10^{_MAX_NUMBER_DIGITS} in size", None
     if spec.type == "int":
         if number != number.to_integral_value():
             return "must be a whole number", None
@@ -241,6 +255,20 @@ def _free_object(body: dict[str, Any], key: str, errors: list[FieldError]) -> di
         errors.append(FieldError(key, f"must be an object of at most {_MAX_EXTRA_KEYS} keys"))
         return {}
     return value
+
+
+def _too_deep(body: dict[str, Any]) -> str | None:
+    """The top-level field holding objects or arrays nested past ``_MAX_DEPTH``; a loop,
+    not recursion, because a hostile body can be a thousand levels deep."""
+    stack: list[tuple[Any, int, str]] = [(v, 2, str(k)) for k, v in body.items()]
+    while stack:
+        value, depth, field = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > _MAX_DEPTH:
+                return field
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1, field) for child in children)
+    return None
 
 
 def _nul_paths(value: Any, path: str) -> list[str]:

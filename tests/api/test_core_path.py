@@ -175,23 +175,26 @@ async def test_unreadable_ping_answers_are_errors_and_never_win(market: OpenMark
         _buyer("junk", 90, ping_mode="garbage"),
         _buyer("boom", 99, ping_mode="error500"),
         _buyer("huge", 95, ping_mode="oversize"),
+        _buyer("vast", "1e999999"),  # a price past Decimal's range
     )
     answer = await _sold_lead(m, lead_body())
     assert answer["status"] == "sold" and answer["payout"] == "7.00"
-    assert m.posts_seen() == {"good": 1, "junk": 0, "boom": 0, "huge": 0}
+    assert m.posts_seen() == {"good": 1, "junk": 0, "boom": 0, "huge": 0, "vast": 0}
     story = await m.ex.story(answer["lead_id"])
     assert {p["buyer_id"]: p["outcome"] for p in story["pings"]} == {
         "good": "bid",
         "junk": "error",
         "boom": "error",
         "huge": "error",
+        "vast": "error",
     }
     assert [s["buyer_id"] for s in story["sales"]] == ["good"]
     record = await m.record(answer["lead_id"])
     by_buyer = record.ping_by_buyer
-    assert all(by_buyer[b]["price_cents"] is None for b in ("junk", "boom", "huge"))
+    assert all(by_buyer[b]["price_cents"] is None for b in ("junk", "boom", "huge", "vast"))
     assert "500" in (by_buyer["boom"]["detail"] or "")
     assert "bytes" in (by_buyer["huge"]["detail"] or ""), by_buyer["huge"]
+    assert "implausibly large" in (by_buyer["vast"]["detail"] or ""), by_buyer["vast"]
     assert_ledger_balanced(record)
 
 

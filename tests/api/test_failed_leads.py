@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+import exchange.auction.posting
 import exchange.auction.sell
 import exchange.intake.submit
 from exchange.auction.posting import post_lead
@@ -118,3 +119,20 @@ async def test_a_lead_failing_before_any_post_runs_again_and_is_not_its_own_dupl
     assert m.pings_seen() == {"nope": 2}  # the retry ran its own auction
     record = await m.record(answer["lead_id"])
     assert record.lead is not None and record.lead["status"] == "unsold"
+
+
+async def test_a_post_that_could_not_be_built_was_not_sent_and_holds_nothing(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unencodable(**kwargs: Any) -> bytes:
+        raise TypeError("Recursion limit reached")
+
+    monkeypatch.setattr(exchange.auction.posting, "post_body", unencodable)
+    m = await market(Buyer("acme", "secret-acme-123", price=20))
+    answer = (await m.ex.submit(lead_body())).json()
+    assert answer["status"] == "unsold" and answer["reason"] == "every post was rejected or failed"
+    assert m.posts_seen() == {"acme": 0}
+    record = await m.record(answer["lead_id"])
+    assert [(p["state"], p["reason"]) for p in record.posts] == [
+        ("failed", "lead not encodable: Recursion limit reached")
+    ]

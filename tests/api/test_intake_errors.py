@@ -8,11 +8,13 @@ each test checks the rows it could have changed before and after.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
@@ -235,6 +237,52 @@ async def test_nul_character_in_a_key_is_refused(
     _problem(resp, 422)
     assert [e["field"].startswith("source.sub") for e in resp.json()["errors"]] == [True]
     assert len(buyer.posts) == posts
+
+
+def _nested_raw(depth: int, leaf: bytes = b'"x"') -> bytes:
+    """JSON text of ``leaf`` inside ``depth`` arrays (deeper than JSON encoders will write)."""
+    return b"[" * depth + leaf + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("field", "deep"),
+    [
+        ("consent", _nested_raw(300)),  # orjson could not re-encode it for the post
+        ("source", _nested_raw(1000, b'"a\\u0000b"')),  # the NUL walk would recurse
+        ("source", _nested_raw(9)),  # the first level too deep: 11 with body and source
+    ],
+)
+async def test_deeply_nested_objects_are_refused(
+    intake: tuple[RunningExchange, Buyer], intake_db: str, field: str, deep: bytes
+) -> None:
+    ex, buyer = intake
+    body = lead_body()
+    body[field] = {"tcpa": True, "proof": "DEEP"} if field == "consent" else {"trail": "DEEP"}
+    raw = orjson.dumps(body).replace(b'"DEEP"', deep)
+    posts = len(buyer.posts)
+    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit_raw(raw))
+    errors = _problem(resp, 422)["errors"]
+    assert [e["field"] for e in errors] == [field]
+    assert "levels deep" in errors[0]["message"]
+    assert len(buyer.posts) == posts
+    fine = orjson.dumps(body).replace(b'"DEEP"', _nested_raw(8))  # ten levels in all
+    assert (await ex.submit_raw(fine)).status_code == 200
+
+
+async def test_a_huge_number_is_refused_at_once(
+    intake: tuple[RunningExchange, Buyer], intake_db: str
+) -> None:
+    """int("1e1000000") would hold the worker's event loop for about a minute."""
+    ex, _ = intake
+    body = lead_body()
+    body["profile"]["age"] = "1e1000000"
+    started = time.perf_counter()
+    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit(body))
+    assert time.perf_counter() - started < 1.0
+    errors = _problem(resp, 422)["errors"]
+    assert [(e["field"], e["message"]) for e in errors] == [
+        ("profile.age", "must be less than 10^15 in size")
+    ]
 
 
 # --- random bodies -------------------------------------------------------------------------

@@ -56,6 +56,9 @@ def test_ping_body_has_the_spec_shape_and_nothing_more() -> None:
 def test_ping_body_writes_decimals_as_json_numbers() -> None:
     profile = {"income": Decimal("52000.50"), "household": Decimal("3")}
     assert _ping(ping_profile=profile)["lead"]["profile"] == {"income": 52000.5, "household": 3}
+    # A whole number past 64 bits (a config without a max) goes as a float, not a TypeError.
+    huge = _ping(ping_profile={"income": Decimal("1e20")})["lead"]["profile"]
+    assert huge == {"income": 1e20}
 
 
 def test_post_body_carries_the_whole_lead_and_a_two_place_price() -> None:

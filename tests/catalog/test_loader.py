@@ -199,3 +199,9 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "b.yaml: buyers[acme].campaigns[acme-auto].caps.daily:" in bad.stderr
     assert "1 error(s)" in bad.stderr
+
+
+def test_an_overflowing_amount_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    write(tmp_path, v=VERTICALS.replace('"2.00"', '"1e999999"'), p=PUBLISHERS, b=buyers())
+    found = issues(tmp_path)
+    assert len(found) == 1 and "floor" in found[0] and "implausibly large" in found[0], found
