@@ -71,3 +71,4 @@ class Progress:
 
     posted: bool = False
     saved: bool = False  # its record is in Postgres (set by intake)
+    posts: list[PostResult] = field(default_factory=list)  # the auction's, as they happen

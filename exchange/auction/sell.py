@@ -80,6 +80,7 @@ async def sell(
     rules = RankRules(vertical.mode, vertical.floor, vertical.pricing, vertical.max_sells)
     candidates = catalog.by_vertical.get(lead.vertical, ())
     state = _State(lead, vertical, rules, {}, PingIds(len(candidates)), progress or Progress())
+    state.posts = state.progress.posts  # so a failure later in the auction still knows them
     screened = screen(candidates, lead, now, deps.paused)
     for ex in screened.excluded:
         _note(state, ex.target, ex.reason, ex.reason, detail=ex.detail)

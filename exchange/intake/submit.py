@@ -26,18 +26,18 @@ from exchange.auction.sell import sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim
+from exchange.intake.held import UNRECORDED, give_back, log_held
 from exchange.intake.lead import FieldError, Lead
 from exchange.intake.validate import Invalid, parse_lead
 from exchange.money import fmt
 from exchange.observability import record
 from exchange.observability.logs import bind_lead
 from exchange.runtime import Runtime
-from exchange.store.leads import find_answer, save_lead
+from exchange.store.leads import find_answer, lead_exists, save_lead
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _POSTGRES_RESERVE_MS = 100
-UNRECORDED = "sold to a buyer, but its record could not be saved; held for an operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,41 +86,17 @@ async def submit_lead(
                     rt.after_answer(_finish(rt, keys, stored, claimed_by=lead.lead_id))
                     return Answer(stored, repeat=True)
             answer = await _run(rt, catalog, publisher, lead, deadline, progress)
-        except BaseException:
-            await asyncio.shield(_give_back(rt, keys, lead, progress))
+        except BaseException as exc:
+            held = await asyncio.shield(give_back(rt, keys, lead, progress))
+            if held is not None and isinstance(exc, Exception):
+                return Answer(held)  # a buyer may have it: pending, as its repeats hear
             raise
         if keys:
             # Off the answer path: repeats that arrive before it lands wait for it (they
             # poll the claim), and a sold, saved lead is not answered 503 if Redis fails.
-            rt.after_answer(_finish(rt, keys, answer, claimed_by=lead.lead_id))
+            finish = _finish(rt, keys, answer, claimed_by=lead.lead_id, saved=progress.saved)
+            rt.after_answer(finish)
         return Answer(answer)
-
-
-async def _give_back(rt: Runtime, keys: list[str], lead: Lead, progress: Progress) -> None:
-    """Free what a failed lead claimed, so its retry runs and is not a duplicate of itself;
-    unless a post was attempted: then a buyer may hold the lead, and a retry must not
-    auction it again (it waits on the kept claim, then hears "pending")."""
-    if progress.saved:  # recorded: a repeat's Postgres backstop finds it; the dedupe stays
-        with contextlib.suppress(RedisError, OSError):
-            await rt.guard.release(keys, lead.lead_id)
-        return
-    if progress.posted:
-        record.unrecorded(lead.vertical)
-        log.error("lead failed after a post; its claim is kept so it is not sold again")
-        held = {
-            "lead_id": lead.lead_id,
-            "status": "pending",
-            "payout": fmt(0),
-            "reason": UNRECORDED,
-        }
-        with contextlib.suppress(RedisError, OSError):  # repeats then hear it at once
-            await rt.guard.finish(keys, held)
-        return
-    with contextlib.suppress(RedisError, OSError):  # the lead's own error is the one to raise
-        await rt.guard.release(keys, lead.lead_id)
-        await rt.guard.release_duplicate(
-            lead.vertical, lead.phone, lead.email, lead.lead_id, lead.test
-        )
 
 
 def _abandon(rt: Runtime, task: asyncio.Future[Any] | None) -> None:
@@ -136,7 +112,9 @@ def _observe(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so asyncio does not log it as lost
 
 
-async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any], *, claimed_by: str) -> None:
+async def _finish(
+    rt: Runtime, keys: list[str], answer: dict[str, Any], *, claimed_by: str, saved: bool = True
+) -> None:
     """Store the answer for repeats of this lead (retried once)."""
     for attempt in (1, 2):
         try:
@@ -147,6 +125,8 @@ async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any], *, claim
                 await asyncio.sleep(0.05)
     record.store_error("redis", "finish")
     log.warning("answer not stored for repeats", extra={"lead_id": answer.get("lead_id")})
+    if not saved:
+        return  # held, not in Postgres: the pending claim is all that stops a second auction
     # Free the claim, so repeats read the answer from Postgres instead of waiting on it;
     # if Redis is gone for this too, repeats still fall back to Postgres after waiting.
     with contextlib.suppress(RedisError, OSError):
@@ -185,7 +165,8 @@ async def _run(
     except Exception:
         if not outcome.posts:
             raise  # no buyer has seen it: the publisher hears the failure and may retry
-        outcome = _unrecorded(lead, outcome)
+        log_held(lead, outcome.posts)
+        outcome = dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
     record.lead_done(lead, outcome, duration_ms / 1000)
     log.info(
         "lead answered",
@@ -209,28 +190,6 @@ async def _run(
     return answer
 
 
-def _unrecorded(lead: Lead, outcome: Outcome) -> Outcome:
-    """A lead posted to a buyer whose record failed to save: answered ``pending`` (and kept
-    so for repeats), never auctioned again; the error log carries the posts to settle."""
-    record.unrecorded(lead.vertical)
-    posts = [
-        {
-            "buyer_id": p.buyer_id,
-            "campaign_id": p.campaign_id,
-            "price_cents": p.price_cents,
-            "state": p.state,
-            "buyer_lead_id": p.buyer_lead_id,
-        }
-        for p in outcome.posts
-    ]
-    log.error(
-        "lead not recorded after a post",
-        exc_info=True,
-        extra={"publisher_id": lead.publisher_id, "external_id": lead.external_id, "posts": posts},
-    )
-    return dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
-
-
 async def _save(
     rt: Runtime, lead: Lead, outcome: Outcome, exclusive: bool, duration_ms: int
 ) -> None:
@@ -241,6 +200,10 @@ async def _save(
             # Timed with the wait for a pool connection, as Redis calls are with theirs.
             await _timed("postgres", "save", _save_once(rt, lead, outcome, exclusive, duration_ms))
             return
+        except asyncpg.UniqueViolationError:
+            if attempt == 2 and await _is_saved(rt, lead):
+                return  # the first attempt committed; only its reply was lost
+            raise
         except (asyncpg.PostgresConnectionError, OSError):
             if attempt == 2:
                 log.exception("lead could not be recorded", extra={"status": outcome.status})
@@ -253,6 +216,11 @@ async def _save_once(
 ) -> None:
     async with rt.pool.acquire() as conn:
         await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
+
+
+async def _is_saved(rt: Runtime, lead: Lead) -> bool:
+    async with rt.pool.acquire() as conn:
+        return await lead_exists(conn, lead.lead_id)
 
 
 async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:

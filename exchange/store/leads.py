@@ -137,6 +137,11 @@ async def save_lead(
     )
 
 
+async def lead_exists(conn: Conn, lead_id: str) -> bool:
+    found = await conn.fetchval("SELECT 1 FROM leads WHERE lead_id = $1", uuid.UUID(lead_id))
+    return found is not None
+
+
 async def find_answer(
     conn: Conn, publisher_id: str, external_id: str | None, idem_key: str | None
 ) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ again once a post was attempted (a buyer may hold it), whatever failed."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,8 @@ import exchange.auction.posting
 import exchange.auction.sell
 import exchange.intake.submit
 from exchange.auction.posting import post_lead
-from exchange.intake.submit import UNRECORDED
+from exchange.intake.held import UNRECORDED
+from exchange.store.leads import save_lead
 from tests.api.conftest import Market, OpenMarket
 from tests.kit.buyers import Buyer
 from tests.kit.exchange import lead_body
@@ -70,11 +72,11 @@ async def test_a_posted_lead_whose_record_fails_is_pending_and_never_sold_again(
     assert await count_rows(m.pg_dsn, "leads") == 1  # the duplicate; the held lead is logged
 
 
-async def test_a_lead_failing_after_its_post_keeps_its_claim(
+async def test_a_lead_failing_after_its_post_is_held(
     market: OpenMarket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis failing after the post (here: the moment the post returns) leaves no outcome to
-    record; the publisher hears 503, and its retry no second auction."""
+    """Redis failing the moment the post returns leaves no outcome to record: held all
+    the same, and its retry runs no second auction."""
     m = await market(Buyer("acme", "secret-acme-123", price=20))
 
     async def post_then_redis_fails(*args: Any, **kwargs: Any) -> Any:
@@ -85,14 +87,109 @@ async def test_a_lead_failing_after_its_post_keeps_its_claim(
     body = lead_body()
     before = _unrecorded()
     first = await m.ex.submit(body)
-    assert first.status_code == 503, first.text
+    assert first.status_code == 200, first.text
+    _held(first.json())
     assert _unrecorded() == before + 1
     monkeypatch.undo()
 
     retry = await m.ex.submit(body)
-    assert retry.status_code == 200, retry.text
-    _held(retry.json())
+    assert retry.status_code == 200 and retry.json() == first.json()
     assert m.pings_seen() == {"acme": 1} and m.posts_seen() == {"acme": 1}
+
+
+async def test_a_held_lead_logs_the_sales_an_operator_must_settle(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sold to one buyer, then Redis fails before the second sale's cap check: the sale
+    made is in the ERROR line, with its price and the buyer's own lead id."""
+    m = await market(
+        Buyer("acme", "secret-acme-123", price=20),
+        Buyer("bolt", "secret-bolt-123", price=12),
+        vertical={"max_sells": 2},
+    )
+    caps = m.ex.runtime.auction.caps
+    real_reserve = caps.reserve
+    calls = 0
+
+    async def second_reserve_fails(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RedisConnectionError("Redis went away")
+        return await real_reserve(*args, **kwargs)
+
+    monkeypatch.setattr(caps, "reserve", second_reserve_fails)
+    with caplog.at_level("ERROR", logger="exchange.intake.held"):
+        answer = (await m.ex.submit(lead_body())).json()
+    _held(answer)
+    assert m.posts_seen() == {"acme": 1, "bolt": 0}
+    [line] = [r for r in caplog.records if r.name == "exchange.intake.held"]
+    posts: list[dict[str, Any]] = line.__dict__["posts"]  # the log call's extra
+    assert [(p["buyer_id"], p["price_cents"], p["state"], p["buyer_lead_id"]) for p in posts] == [
+        ("acme", 2000, "accepted", "acme-L1")
+    ]
+
+
+async def test_a_held_lead_whose_answer_cannot_be_kept_is_still_not_sold_again(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither Postgres nor Redis keeps the held answer: the claim stays pending, so a
+    repeat waits and hears "pending" instead of winning a fresh auction."""
+    m = await market(
+        Buyer("acme", "secret-acme-123", price=20),
+        vertical={"dedupe_days": 0},  # only the claim stands between a repeat and a sale
+        settings={"deadline_ms": 1000},
+    )
+    _fail_saves(monkeypatch)
+    monkeypatch.setattr(m.ex.runtime.guard, "finish", _redis_gone)
+    body = lead_body()
+    _held((await m.ex.submit(body)).json())
+    await asyncio.sleep(0.2)  # the follow-up has failed twice
+    monkeypatch.undo()
+
+    repeat = (await m.ex.submit(body)).json()
+    assert repeat["status"] == "pending", repeat
+    assert m.posts_seen() == {"acme": 1}
+    assert await count_rows(m.pg_dsn, "leads") == 0
+
+
+async def test_a_save_whose_reply_was_lost_is_not_held(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt committed, then the connection dropped: the retry's key clash
+    means saved, so the lead is sold, not held (and not counted as unrecorded)."""
+    m = await market(Buyer("acme", "secret-acme-123", price=20))
+    calls = 0
+
+    async def commit_then_drop(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await save_lead(*args, **kwargs)
+        if calls == 1:
+            raise asyncpg.PostgresConnectionError("connection lost after commit")
+
+    monkeypatch.setattr(exchange.intake.submit, "save_lead", commit_then_drop)
+    before = _unrecorded()
+    answer = (await m.ex.submit(lead_body())).json()
+    assert answer["status"] == "sold" and answer["payout"] == "14.00", answer
+    assert calls == 2 and _unrecorded() == before
+    record = await m.record(answer["lead_id"])
+    assert record.lead is not None and record.lead["status"] == "sold"
+    assert [s["buyer_id"] for s in record.sales] == ["acme"]
+
+
+async def test_a_failed_lead_frees_its_phone_even_if_its_claim_cannot_be_freed(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = await market(Buyer("nope", "secret-nope-123", ping_mode="no_bid"))
+    _fail_saves(monkeypatch)
+    monkeypatch.setattr(m.ex.runtime.guard, "release", _redis_gone)
+    assert (await m.ex.submit(lead_body())).status_code == 503
+    assert [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}dd:*")] == []
+
+
+async def _redis_gone(*args: Any, **kwargs: Any) -> None:
+    raise RedisConnectionError("Redis went away")
 
 
 async def _unsold_then_retried(m: Market, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
