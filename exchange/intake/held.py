@@ -19,6 +19,7 @@ from exchange.intake.lead import Lead
 from exchange.money import fmt
 from exchange.observability import record
 from exchange.runtime import Runtime
+from exchange.store.leads import lead_exists
 
 log = logging.getLogger(__name__)
 UNRECORDED = "sold to a buyer, but its record could not be saved; held for an operator"
@@ -54,21 +55,31 @@ def log_held(lead: Lead, posts: list[PostResult]) -> None:
     )
 
 
+async def saved_anyway(rt: Runtime, lead: Lead) -> bool:
+    """Whether a save that raised had committed after all (a reply lost, a cancellation
+    after the commit); False when Postgres cannot tell, which holds the lead."""
+    try:
+        async with rt.pool.acquire() as conn:
+            return await lead_exists(conn, lead.lead_id)
+    except Exception:  # Postgres is why we are here: not knowing means held
+        return False
+
+
 async def give_back(
     rt: Runtime, keys: list[str], lead: Lead, progress: Progress
 ) -> dict[str, Any] | None:
     """After a failure: free the lead's claims so its retry runs anew (and is not its own
     duplicate), or hold it if a buyer may have it; returns the held answer then."""
-    if progress.saved:  # recorded: a repeat's Postgres backstop finds it; the dedupe stays
-        with contextlib.suppress(RedisError, OSError):
-            await rt.guard.release(keys, lead.lead_id)
-        return None
-    if progress.posted:
+    if progress.posted and not progress.saved and not await saved_anyway(rt, lead):
         log_held(lead, progress.posts)
         held = held_answer(lead.lead_id)
         with contextlib.suppress(RedisError, OSError):  # else repeats wait, then "pending"
             await rt.guard.finish(keys, held)
         return held
+    if progress.posted or progress.saved:  # recorded: a repeat's backstop finds it there
+        with contextlib.suppress(RedisError, OSError):
+            await rt.guard.release(keys, lead.lead_id)
+        return None
     # The phone and email first: a retry that wins the freed claim must not find them taken.
     with contextlib.suppress(RedisError, OSError):
         await rt.guard.release_duplicate(

@@ -26,14 +26,14 @@ from exchange.auction.sell import sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim
-from exchange.intake.held import UNRECORDED, give_back, log_held
+from exchange.intake.held import UNRECORDED, give_back, log_held, saved_anyway
 from exchange.intake.lead import FieldError, Lead
 from exchange.intake.validate import Invalid, parse_lead
 from exchange.money import fmt
 from exchange.observability import record
 from exchange.observability.logs import bind_lead
 from exchange.runtime import Runtime
-from exchange.store.leads import find_answer, lead_exists, save_lead
+from exchange.store.leads import find_answer, save_lead
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,10 +163,13 @@ async def _run(
         await _save(rt, lead, outcome, vertical.exclusive, duration_ms)
         progress.saved = True
     except Exception:
-        if not outcome.posts:
+        if await saved_anyway(rt, lead):  # it committed; only the reply was lost
+            progress.saved = True
+        elif not outcome.posts:
             raise  # no buyer has seen it: the publisher hears the failure and may retry
-        log_held(lead, outcome.posts)
-        outcome = dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
+        else:
+            log_held(lead, outcome.posts)
+            outcome = dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
     record.lead_done(lead, outcome, duration_ms / 1000)
     log.info(
         "lead answered",
@@ -200,10 +203,6 @@ async def _save(
             # Timed with the wait for a pool connection, as Redis calls are with theirs.
             await _timed("postgres", "save", _save_once(rt, lead, outcome, exclusive, duration_ms))
             return
-        except asyncpg.UniqueViolationError:
-            if attempt == 2 and await _is_saved(rt, lead):
-                return  # the first attempt committed; only its reply was lost
-            raise
         except (asyncpg.PostgresConnectionError, OSError):
             if attempt == 2:
                 log.exception("lead could not be recorded", extra={"status": outcome.status})
@@ -216,11 +215,6 @@ async def _save_once(
 ) -> None:
     async with rt.pool.acquire() as conn:
         await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
-
-
-async def _is_saved(rt: Runtime, lead: Lead) -> bool:
-    async with rt.pool.acquire() as conn:
-        return await lead_exists(conn, lead.lead_id)
 
 
 async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from exchange.auction.posting import post_lead
 from exchange.intake.held import UNRECORDED
 from exchange.store.leads import save_lead
 from tests.api.conftest import Market, OpenMarket
-from tests.kit.buyers import Buyer
+from tests.kit.buyers import Buyer, PingMode
 from tests.kit.exchange import lead_body
 from tests.kit.records import count_rows
 
@@ -153,29 +153,46 @@ async def test_a_held_lead_whose_answer_cannot_be_kept_is_still_not_sold_again(
     assert await count_rows(m.pg_dsn, "leads") == 0
 
 
-async def test_a_save_whose_reply_was_lost_is_not_held(
-    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "calls"),
+    [
+        (asyncpg.PostgresConnectionError("connection lost after commit"), 2),  # retried
+        (RuntimeError("cancelled after the commit"), 1),  # not retried
+    ],
+)
+@pytest.mark.parametrize("ping_mode", ["bid", "no_bid"])
+async def test_a_save_that_committed_before_failing_counts_as_saved(
+    market: OpenMarket,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    calls: int,
+    ping_mode: PingMode,
 ) -> None:
-    """The first attempt committed, then the connection dropped: the retry's key clash
-    means saved, so the lead is sold, not held (and not counted as unrecorded)."""
-    m = await market(Buyer("acme", "secret-acme-123", price=20))
-    calls = 0
+    """The commit landed, then the call failed: the lead is what Postgres says (sold, or
+    unsold), not held and not a 503, and not counted as unrecorded."""
+    m = await market(Buyer("acme", "secret-acme-123", price=20, ping_mode=ping_mode))
+    made = 0
 
-    async def commit_then_drop(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
+    async def commit_then_fail(*args: Any, **kwargs: Any) -> None:
+        nonlocal made
+        made += 1
         await save_lead(*args, **kwargs)
-        if calls == 1:
-            raise asyncpg.PostgresConnectionError("connection lost after commit")
+        if made == 1:
+            raise error
 
-    monkeypatch.setattr(exchange.intake.submit, "save_lead", commit_then_drop)
+    monkeypatch.setattr(exchange.intake.submit, "save_lead", commit_then_fail)
     before = _unrecorded()
-    answer = (await m.ex.submit(lead_body())).json()
-    assert answer["status"] == "sold" and answer["payout"] == "14.00", answer
-    assert calls == 2 and _unrecorded() == before
+    body = lead_body()
+    resp = await m.ex.submit(body)
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    status = "sold" if ping_mode == "bid" else "unsold"
+    assert answer["status"] == status, answer
+    assert made == calls and _unrecorded() == before
     record = await m.record(answer["lead_id"])
-    assert record.lead is not None and record.lead["status"] == "sold"
-    assert [s["buyer_id"] for s in record.sales] == ["acme"]
+    assert record.lead is not None and record.lead["status"] == status
+    repeat = (await m.ex.submit(body)).json()
+    assert repeat == answer and m.pings_seen() == {"acme": 1}
 
 
 async def test_a_failed_lead_frees_its_phone_even_if_its_claim_cannot_be_freed(
