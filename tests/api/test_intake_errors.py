@@ -226,17 +226,24 @@ async def test_nul_character_in_text_is_refused_or_stored_never_5xx(
     assert sold == (1 if answer["status"] == "sold" else 0)
 
 
+async def _refused(
+    intake: tuple[RunningExchange, Buyer], dsn: str, send: Callable[[], Any]
+) -> list[dict[str, Any]]:
+    """The errors of a 422 that stored nothing and posted nothing."""
+    posts = len(intake[1].posts)
+    resp = await _no_new_rows(intake[0], dsn, send)
+    errors: list[dict[str, Any]] = _problem(resp, 422)["errors"]
+    assert len(intake[1].posts) == posts, "a refused lead must not reach a buyer"
+    return errors
+
+
 async def test_nul_character_in_a_key_is_refused(
     intake: tuple[RunningExchange, Buyer], intake_db: str
 ) -> None:
-    ex, buyer = intake
     body = lead_body()
     body["source"]["sub\u0000id"] = "x"
-    posts = len(buyer.posts)
-    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit(body))
-    _problem(resp, 422)
-    assert [e["field"].startswith("source.sub") for e in resp.json()["errors"]] == [True]
-    assert len(buyer.posts) == posts
+    errors = await _refused(intake, intake_db, lambda: intake[0].submit(body))
+    assert [e["field"].startswith("source.sub") for e in errors] == [True]
 
 
 def _nested_raw(depth: int, leaf: bytes = b'"x"') -> bytes:
@@ -255,16 +262,13 @@ def _nested_raw(depth: int, leaf: bytes = b'"x"') -> bytes:
 async def test_deeply_nested_objects_are_refused(
     intake: tuple[RunningExchange, Buyer], intake_db: str, field: str, deep: bytes
 ) -> None:
-    ex, buyer = intake
+    ex = intake[0]
     body = lead_body()
     body[field] = {"tcpa": True, "proof": "DEEP"} if field == "consent" else {"trail": "DEEP"}
     raw = orjson.dumps(body).replace(b'"DEEP"', deep)
-    posts = len(buyer.posts)
-    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit_raw(raw))
-    errors = _problem(resp, 422)["errors"]
+    errors = await _refused(intake, intake_db, lambda: ex.submit_raw(raw))
     assert [e["field"] for e in errors] == [field]
     assert "levels deep" in errors[0]["message"]
-    assert len(buyer.posts) == posts
     fine = orjson.dumps(body).replace(b'"DEEP"', _nested_raw(8))  # ten levels in all
     assert (await ex.submit_raw(fine)).status_code == 200
 
@@ -273,13 +277,11 @@ async def test_a_huge_number_is_refused_at_once(
     intake: tuple[RunningExchange, Buyer], intake_db: str
 ) -> None:
     """int("1e1000000") would hold the worker's event loop for about a minute."""
-    ex, _ = intake
     body = lead_body()
     body["profile"]["age"] = "1e1000000"
     started = time.perf_counter()
-    resp = await _no_new_rows(ex, intake_db, lambda: ex.submit(body))
+    errors = await _refused(intake, intake_db, lambda: intake[0].submit(body))
     assert time.perf_counter() - started < 1.0
-    errors = _problem(resp, 422)["errors"]
     assert [(e["field"], e["message"]) for e in errors] == [
         ("profile.age", "must be less than 10^15 in size")
     ]
