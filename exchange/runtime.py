@@ -27,6 +27,7 @@ from exchange.routing.geo import warm as warm_geo
 from exchange.routing.health import BuyerHealth
 from exchange.settings import AppSettings
 from exchange.store.db import create_pool, migrate
+from exchange.store.redis_lane import lane_client
 from exchange.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Runtime:
     auction: AuctionDeps
     channel: ConfigChannel
     paused: set[str] = field(default_factory=set)
+    # The lead path's client (guard, caps, weights): its calls are timed by the lane.
+    lane: Redis | None = None
     admission: Admission = field(default_factory=lambda: Admission(64, 100))
     # Per worker: N workers admit up to N times a publisher's rate (the README says so).
     # The asyncio flavour: the threaded MemoryStorage starts a timer *thread* per 10 ms of
@@ -68,10 +71,11 @@ class Runtime:
             settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
         redis = Redis.from_url(settings.redis_url, max_connections=512)
+        lane = lane_client(settings.redis_url)
         transport = Transport(max_answer_bytes=catalog.settings.max_body_bytes)
         await transport.start()
         prefix = settings.redis_prefix
-        caps = CapStore(redis, prefix)
+        caps = CapStore(lane, prefix)
         paused: set[str] = set()
         h = catalog.settings.buyer_health
         health = BuyerHealth(
@@ -81,10 +85,10 @@ class Runtime:
             probe_every_s=h.probe_every_ms / 1000,
             recover_after=h.recover_after,
         )
-        auction = AuctionDeps(transport, caps, redis, prefix, health, paused)
-        guard = Guard(redis, prefix, settings.idempotency_days * 86400)
+        auction = AuctionDeps(transport, caps, lane, prefix, health, paused)
+        guard = Guard(lane, prefix, settings.idempotency_days * 86400)
         channel = ConfigChannel(redis, prefix)
-        rt = cls(settings, catalog, pool, redis, transport, guard, auction, channel, paused)
+        rt = cls(settings, catalog, pool, redis, transport, guard, auction, channel, paused, lane)
         if await caps.is_empty():
             # Redis lost its counters (or never had them): Postgres holds the truth.
             async with pool.acquire() as conn:
@@ -209,4 +213,6 @@ class Runtime:
                 await task
         await self.transport.close()
         await self.redis.aclose()
+        if self.lane is not None:
+            await self.lane.aclose()
         await self.pool.close()

@@ -15,6 +15,8 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 
+from exchange.store.redis_lane import Lua, execute
+
 _CLAIM = """
 for i, k in ipairs(KEYS) do
   local v = redis.call('GET', k)
@@ -60,10 +62,9 @@ class Guard:
         self._redis = redis
         self._prefix = prefix
         self._ttl = idempotency_ttl_s
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
-        self._dedupe = redis.register_script(_CLAIM)
-        self._release_own = redis.register_script(_RELEASE_OWN)
+        self._claim = Lua(redis, _CLAIM)
+        self._finish = Lua(redis, _FINISH)
+        self._release_own = Lua(redis, _RELEASE_OWN)
 
     def idempotency_keys(
         self, publisher_id: str, external_id: str | None, idempotency_key: str | None
@@ -93,7 +94,7 @@ class Guard:
         while True:
             # Any of the keys may be the one the first request holds (a repeat can share
             # only its Idempotency-Key, or only its external id).
-            found = [v for v in await self._redis.mget(keys) if v is not None]
+            found = [v for v in await execute(self._redis, "MGET", *keys) if v is not None]
             claim = _read_claim(_as_bytes(found[0])) if found else Claim(first=False)
             if claim.answer is not None or loop.time() >= end:
                 return claim
@@ -106,10 +107,7 @@ class Guard:
 
     async def release(self, keys: list[str], lead_id: str) -> None:
         """Give up a claim whose request failed before answering, so a retry can run."""
-        for key in keys:
-            raw = await self._redis.get(key)
-            if raw == PENDING + lead_id.encode():
-                await self._redis.delete(key)
+        await self._release_own(keys=keys, args=[PENDING + lead_id.encode()])
 
     async def check_duplicate(
         self, vertical: str, phone: str, email: str | None, lead_id: str, days: int, test: bool
@@ -118,7 +116,7 @@ class Guard:
         if days <= 0:
             return None
         keys = self._dedupe_keys(vertical, phone, email, test)
-        found = await self._dedupe(keys=keys, args=[lead_id, days * 86400])
+        found = await self._claim(keys=keys, args=[lead_id, days * 86400])
         return cast(bytes, found).decode() if found is not None else None
 
     async def release_duplicate(

@@ -38,6 +38,7 @@ from exchange.catalog.index import Target
 from exchange.catalog.models import Caps
 from exchange.routing.schedule import Period, PeriodKeys, period_bounds, period_keys
 from exchange.store.db import Conn
+from exchange.store.redis_lane import Arg, Lua, execute, pipeline
 
 GRACE_S = 600  # longer than any post can take, so a late release still finds its keys
 
@@ -162,8 +163,8 @@ class CapStore:
         self._redis = redis
         self._prefix = prefix
         self._grace_s = grace_s
-        self._reserve = redis.register_script(_RESERVE_LUA)
-        self._release = redis.register_script(_RELEASE_LUA)
+        self._reserve = Lua(redis, _RESERVE_LUA)
+        self._release = Lua(redis, _RELEASE_LUA)
 
     def key(self, target: Target, limit: Limit, period_id: str) -> str:
         """The counter of ``limit`` for the period named ``period_id``."""
@@ -203,12 +204,10 @@ class CapStore:
         checks = [(t, slots) for t in targets if (slots := self._current(t, now, zones))]
         if not checks:
             return set()
-        # Non-transactional: each MGET stays within one campaign's slot, so this also
-        # runs on a cluster client; the exact check is reserve()'s.
-        pipe = self._redis.pipeline(transaction=False)
-        for _, slots in checks:
-            pipe.mget([key for _, key, _ in slots])
-        results: list[list[Any]] = await pipe.execute()
+        # Not a transaction, one MGET per campaign (each within its slot); the exact
+        # check is reserve()'s.
+        commands = [("MGET", *(key for _, key, _ in slots)) for _, slots in checks]
+        results: list[list[Any]] = await pipeline(self._redis, commands)
         return {
             target.campaign.id
             for (target, slots), values in zip(checks, results, strict=True)
@@ -246,7 +245,7 @@ class CapStore:
         slots = self._current(target, now)
         if not slots:
             return {}
-        values = await self._redis.mget([key for _, key, _ in slots])
+        values = await execute(self._redis, "MGET", *(key for _, key, _ in slots))
         return {
             limit.name: (_int(v), limit.limit)
             for (limit, _, _), v in zip(slots, values, strict=True)
@@ -271,22 +270,26 @@ class CapStore:
             min(start for start, _ in bounds),
         )
         totals = {key: (row["leads"], row["cents"]) for key, row in zip(windows, rows, strict=True)}
-        pipe = self._redis.pipeline(transaction=False)
-        written = 0
+        writes: list[tuple[Arg, ...]] = []
         for target in capped:
             for limit, key, ttl in self._current(target, now):
                 leads, cents = totals[(target.campaign.id, limit.period)]
-                pipe.set(key, cents if limit.spend else leads, ex=ttl)
-                written += 1
-        await pipe.execute()
-        return written
+                writes.append(("SET", key, cents if limit.spend else leads, "EX", ttl))
+        await pipeline(self._redis, writes)
+        return len(writes)
 
     async def is_empty(self) -> bool:
         """True when no cap counter exists under the prefix (a fresh Redis: rebuild first)."""
         pattern = _glob_escape(self._prefix) + "cap:*"
-        async for _ in self._redis.scan_iter(match=pattern, count=1000):
-            return False
-        return True
+        cursor: bytes | int = 0
+        while True:
+            cursor, keys = await execute(
+                self._redis, "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
+            )
+            if keys:
+                return False
+            if int(cursor) == 0:
+                return True
 
 
 def _windows(targets: Sequence[Target]) -> dict[tuple[str, Period], str]:

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from exchange.auction.types import Offer
+from exchange.store.redis_lane import execute
 
 IDLE_TTL_S = 86_400  # a tie set unseen for a day starts over; nothing of value is lost
 
@@ -70,8 +71,8 @@ async def pick_first(redis: Redis, prefix: str, group_key: str, offers: Sequence
     for offer in ordered:
         args += [offer.campaign_id, max(offer.weight, 1)]
     try:
-        picked = await redis.evalsha(_PICK_SHA, 1, key, *args)
+        picked = await execute(redis, "EVALSHA", _PICK_SHA, 1, key, *args)
     except NoScriptError:
         # First use on this server (or after SCRIPT FLUSH): EVAL caches it for next time.
-        picked = await redis.eval(_PICK_LUA, 1, key, *args)
+        picked = await execute(redis, "EVAL", _PICK_LUA, 1, key, *args)
     return picked.decode() if isinstance(picked, bytes) else str(picked)

@@ -28,3 +28,18 @@ async def test_release_gives_back_only_what_the_lead_still_holds(
     assert await guard.check_duplicate("auto", PHONE, EMAIL, "lead-5", 30, True) is None
     await guard.release_duplicate("auto", PHONE, EMAIL, "lead-4", True)
     assert await guard.check_duplicate("auto", PHONE, EMAIL, "lead-6", 30, False) == "lead-4"
+
+
+async def test_release_frees_only_this_leads_pending_claim(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    guard = Guard(redis_client, redis_prefix)
+    keys = guard.idempotency_keys("pub", "ext-1", "key-1")
+    assert (await guard.claim(keys, "lead-1")).first
+    await guard.release(keys, "lead-2")  # not its claim: nothing changes
+    assert (await guard.claim(keys, "lead-3")).lead_id == "lead-1"
+    await guard.release(keys, "lead-1")
+    assert (await guard.claim(keys, "lead-4")).first
+    await guard.finish(keys, {"lead_id": "lead-4", "status": "sold"})
+    await guard.release(keys, "lead-4")  # answered: the answer stays for repeats
+    assert (await guard.claim(keys, "lead-5")).answer == {"lead_id": "lead-4", "status": "sold"}
