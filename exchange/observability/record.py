@@ -60,16 +60,39 @@ def _store(store: str, op: str) -> Any:
     return STORE_DURATION.labels(store=store, op=op)
 
 
+@lru_cache(maxsize=1024)
+def _lead(vertical: str, status: str) -> tuple[Any, Any]:
+    return LEADS.labels(vertical=vertical, status=status), LEAD_DURATION.labels(
+        vertical=vertical, status=status
+    )
+
+
+@lru_cache(maxsize=256)
+def _vertical(vertical: str) -> tuple[Any, Any, Any]:
+    return (
+        AUCTION_DURATION.labels(vertical=vertical),
+        PAYOUT.labels(vertical=vertical),
+        MARGIN.labels(vertical=vertical),
+    )
+
+
+@lru_cache(maxsize=4096)
+def _revenue(vertical: str, buyer: str) -> Any:
+    return REVENUE.labels(vertical=vertical, buyer=buyer)
+
+
 def store_time(store: str, op: str, seconds: float) -> None:
     _store(store, op).observe(seconds)
 
 
 def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     vertical = lead.vertical
-    LEADS.labels(vertical=vertical, status=outcome.status).inc()
-    LEAD_DURATION.labels(vertical=vertical, status=outcome.status).observe(duration_s)
+    leads, lead_duration = _lead(vertical, outcome.status)
+    leads.inc()
+    lead_duration.observe(duration_s)
+    auction_duration, payout, margin = _vertical(vertical)
     if outcome.auction_ms is not None:
-        AUCTION_DURATION.labels(vertical=vertical).observe(outcome.auction_ms / 1000)
+        auction_duration.observe(outcome.auction_ms / 1000)
     for c in outcome.campaigns:
         # below_floor is a bid that could not win: count it as its own outcome.
         label = "below_floor" if c.reason == "below_floor" else str(c.outcome)
@@ -83,9 +106,9 @@ def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     if lead.test:
         return  # test leads move no money
     for s in outcome.sales:
-        REVENUE.labels(vertical=vertical, buyer=s.buyer_id).inc(s.price_cents)
-        PAYOUT.labels(vertical=vertical).inc(s.payout_cents)
-        MARGIN.labels(vertical=vertical).inc(s.price_cents - s.payout_cents)
+        _revenue(vertical, s.buyer_id).inc(s.price_cents)
+        payout.inc(s.payout_cents)
+        margin.inc(s.price_cents - s.payout_cents)
 
 
 def refused(reason: str) -> None:
