@@ -107,7 +107,8 @@ class Guard:
 
     async def release(self, keys: list[str], lead_id: str) -> None:
         """Give up a claim whose request failed before answering, so a retry can run."""
-        await self._release_own(keys=keys, args=[PENDING + lead_id.encode()])
+        if keys:
+            await self._release_own(keys=keys, args=[PENDING + lead_id.encode()])
 
     async def check_duplicate(
         self, vertical: str, phone: str, email: str | None, lead_id: str, days: int, test: bool

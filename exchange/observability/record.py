@@ -68,12 +68,13 @@ def _lead(vertical: str, status: str) -> tuple[Any, Any]:
 
 
 @lru_cache(maxsize=256)
-def _vertical(vertical: str) -> tuple[Any, Any, Any]:
-    return (
-        AUCTION_DURATION.labels(vertical=vertical),
-        PAYOUT.labels(vertical=vertical),
-        MARGIN.labels(vertical=vertical),
-    )
+def _auction(vertical: str) -> Any:
+    return AUCTION_DURATION.labels(vertical=vertical)
+
+
+@lru_cache(maxsize=256)
+def _money(vertical: str) -> tuple[Any, Any]:
+    return PAYOUT.labels(vertical=vertical), MARGIN.labels(vertical=vertical)
 
 
 @lru_cache(maxsize=4096)
@@ -90,9 +91,8 @@ def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     leads, lead_duration = _lead(vertical, outcome.status)
     leads.inc()
     lead_duration.observe(duration_s)
-    auction_duration, payout, margin = _vertical(vertical)
     if outcome.auction_ms is not None:
-        auction_duration.observe(outcome.auction_ms / 1000)
+        _auction(vertical).observe(outcome.auction_ms / 1000)
     for c in outcome.campaigns:
         # below_floor is a bid that could not win: count it as its own outcome.
         label = "below_floor" if c.reason == "below_floor" else str(c.outcome)
@@ -106,6 +106,7 @@ def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
     if lead.test:
         return  # test leads move no money
     for s in outcome.sales:
+        payout, margin = _money(vertical)
         _revenue(vertical, s.buyer_id).inc(s.price_cents)
         payout.inc(s.payout_cents)
         margin.inc(s.price_cents - s.payout_cents)

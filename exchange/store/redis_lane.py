@@ -5,9 +5,13 @@ recorders, its ``Script`` re-imports and re-checks for a pipeline on every call,
 a socket timeout set every send runs in a task of its own (``asyncio.wait_for``) and every
 read in a timeout context. Here one ``asyncio.timeout`` covers the whole call instead, so
 the lane's client is made without a socket timeout (``lane_client``); a lead makes three
-to five of these calls. The pool, its connections and reply parsing stay redis-py's, and
-so does the handling of a broken or cancelled call: the connection disconnects itself
-and reconnects when next taken from the pool.
+to five of these calls. The pool, its connections and reply parsing stay redis-py's.
+
+A connection must never go back to the pool with an unread reply: the next call would
+read it as its own (a claim answered with another lead's reply). redis-py 8's pool does
+not check for that under RESP3, so this module relies on two things: a send or read that
+fails or is cancelled disconnects its connection (redis-py does that for any exception),
+and an error *reply* is raised only after every reply of the call was read.
 
 Usage::
 
@@ -68,20 +72,20 @@ async def pipeline(redis: Redis, commands: Sequence[Sequence[Arg]]) -> list[Any]
 
 async def _call(redis: Redis, commands: Sequence[Sequence[Arg]], count: int) -> list[Any]:
     pool = redis.connection_pool
+    conn: AbstractConnection | None = None
     try:
         async with asyncio.timeout(TIMEOUT_S):
-            conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                packed = (
-                    conn.pack_commands(commands) if count > 1 else conn.pack_command(*commands[0])
-                )
-                await conn.send_packed_command(packed, check_health=False)
-                return await _replies(conn, count)
-            finally:
-                await pool.release(conn)
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            packed = conn.pack_commands(commands) if count > 1 else conn.pack_command(*commands[0])
+            await conn.send_packed_command(packed, check_health=False)
+            return await _replies(conn, count)
     except TimeoutError:
-        # The connection was cancelled mid-call and has disconnected itself.
-        raise RedisTimeout(f"no reply from Redis within {TIMEOUT_S} s") from None
+        # Cancelled mid-call, the connection disconnected itself (see the module's notes).
+        raise RedisTimeout(f"Redis did not answer within {TIMEOUT_S} s") from None
+    finally:
+        # Outside the deadline: a connection taken is always given back.
+        if conn is not None:
+            await pool.release(conn)
 
 
 async def _replies(conn: AbstractConnection, count: int) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from exchange.intake.guard import Guard
+from exchange.store.redis_lane import lane_client
 
 PHONE, EMAIL = "+14155550100", "ada@example.com"
 
@@ -43,3 +44,12 @@ async def test_release_frees_only_this_leads_pending_claim(
     await guard.finish(keys, {"lead_id": "lead-4", "status": "sold"})
     await guard.release(keys, "lead-4")  # answered: the answer stays for repeats
     assert (await guard.claim(keys, "lead-5")).answer == {"lead_id": "lead-4", "status": "sold"}
+
+
+async def test_a_lead_without_ids_has_no_claim_to_release() -> None:
+    # Nothing to free, so no Redis call: not even an unreachable Redis can slow it down.
+    unreachable = lane_client("redis://127.0.0.1:1/0")
+    try:
+        await Guard(unreachable, "p:").release([], "lead-1")
+    finally:
+        await unreachable.aclose()

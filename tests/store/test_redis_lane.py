@@ -18,12 +18,10 @@ from exchange.store.redis_lane import Lua, execute, lane_client, pipeline
 
 
 @pytest.fixture
-async def one_conn(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+async def one_conn(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
+    """A lane client with a single connection; ``redis_client`` deletes the test's keys."""
     client = lane_client(redis_url, max_connections=1)
     yield client
-    keys = await execute(client, "KEYS", redis_prefix + "*")
-    if keys:
-        await execute(client, "DEL", *keys)
     await client.aclose()
 
 
