@@ -11,7 +11,9 @@ A connection must never go back to the pool with an unread reply: the next call 
 read it as its own (a claim answered with another lead's reply). redis-py 8's pool does
 not check for that under RESP3, so this module relies on two things: a send or read that
 fails or is cancelled disconnects its connection (redis-py does that for any exception),
-and an error *reply* is raised only after every reply of the call was read.
+and an error *reply* is raised only after every reply of the call was read. Before each
+call it also drops a connection the server closed while idle (the pool no longer does
+that either), so a Redis restart does not fail one lead per pooled connection.
 
 Usage::
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
@@ -76,6 +79,7 @@ async def _call(redis: Redis, commands: Sequence[Sequence[Arg]], count: int) -> 
     try:
         async with asyncio.timeout(TIMEOUT_S):
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            await _fresh(conn)
             packed = conn.pack_commands(commands) if count > 1 else conn.pack_command(*commands[0])
             await conn.send_packed_command(packed, check_health=False)
             return await _replies(conn, count)
@@ -86,6 +90,20 @@ async def _call(redis: Redis, commands: Sequence[Sequence[Arg]], count: int) -> 
         # Outside the deadline: a connection taken is always given back.
         if conn is not None:
             await pool.release(conn)
+
+
+async def _fresh(conn: AbstractConnection) -> None:
+    """Drop a pooled connection the server closed while it sat idle (a Redis restart, its
+    ``timeout`` setting, ``CLIENT KILL``), or that holds bytes no call asked for: the send
+    below then opens a new one. A check of the buffered stream, no system call."""
+    if not conn.is_connected:
+        return
+    try:
+        stale = await conn.can_read()
+    except (RedisConnectionError, OSError):
+        stale = True
+    if stale:
+        await conn.disconnect()
 
 
 async def _replies(conn: AbstractConnection, count: int) -> list[Any]:

@@ -103,3 +103,14 @@ async def test_a_server_that_never_answers_is_a_redis_timeout(
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(
+    one_conn: aioredis.Redis, redis_client: aioredis.Redis
+) -> None:
+    # What a Redis restart does to every idle pooled connection, here to the only one.
+    own_id = await execute(one_conn, "CLIENT", "ID")
+    assert await execute(redis_client, "CLIENT", "KILL", "ID", own_id) == 1
+    await asyncio.sleep(0.05)  # the close reaches our side
+    assert await execute(one_conn, "ECHO", "again") == b"again"
+    assert await execute(one_conn, "CLIENT", "ID") != own_id
