@@ -3,7 +3,10 @@
 Idempotency: the first request for a ``(publisher, external_id)`` or ``Idempotency-Key``
 claims it; repeats wait for the first answer and get it verbatim. Dedupe: the same
 phone or email in a vertical within ``dedupe_days`` is a duplicate. Keys of one claim
-share a hash tag, so each script touches a single Redis Cluster slot.
+share a hash tag. A lead with ids claims them and its phone and email in one script
+(:meth:`Guard.claim` with ``dedupe``): one round trip less a lead, and nothing can slip
+between the two. That script spans two hash tags, as the lead path's single-node lane
+(``store.redis_lane``) allows; a Redis Cluster would run the two halves as two calls.
 """
 
 from __future__ import annotations
@@ -44,17 +47,56 @@ end
 return n
 """
 
+# KEYS: the idempotency keys (ARGV[1] of them), then the phone and email keys. The claim
+# is taken even for a duplicate, so its repeats hear the same "duplicate" answer.
+_CLAIM_AND_DEDUPE = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if v then return {1, v} end
+end
+local earlier = false
+for i = n + 1, #KEYS do
+  earlier = redis.call('GET', KEYS[i])
+  if earlier then break end
+end
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[3])
+end
+if earlier then return {2, earlier} end
+for i = n + 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[4], 'EX', ARGV[5])
+end
+return {0}
+"""
+
 PENDING = b"p:"
 DONE = b"d:"
 
 
 @dataclass(frozen=True, slots=True)
+class Dedupe:
+    """The phone and email a lead would take in its vertical, for ``days``."""
+
+    vertical: str
+    phone: str
+    email: str | None
+    days: int
+    test: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """Either ours to run (``first``), or the answer of the request that ran first."""
+    """Either ours to run (``first``), or the answer of the request that ran first.
+
+    ``deduped`` says the claim checked the phone and email too; ``earlier`` is then the
+    lead that had them (None: they are this lead's now)."""
 
     first: bool
     lead_id: str | None = None
     answer: dict[str, Any] | None = None
+    deduped: bool = False
+    earlier: str | None = None
 
 
 class Guard:
@@ -65,6 +107,7 @@ class Guard:
         self._claim = Lua(redis, _CLAIM)
         self._finish = Lua(redis, _FINISH)
         self._release_own = Lua(redis, _RELEASE_OWN)
+        self._claim_and_dedupe = Lua(redis, _CLAIM_AND_DEDUPE)
 
     def idempotency_keys(
         self, publisher_id: str, external_id: str | None, idempotency_key: str | None
@@ -77,14 +120,29 @@ class Guard:
             keys.append(base + "key:" + idempotency_key)
         return keys
 
-    async def claim(self, keys: list[str], lead_id: str) -> Claim:
-        """Claim the keys for ``lead_id``, or learn who has them."""
+    async def claim(self, keys: list[str], lead_id: str, dedupe: Dedupe | None = None) -> Claim:
+        """Claim the keys for ``lead_id``, or learn who has them; with ``dedupe``, check
+        and take the phone and email in the same step (``Claim.deduped``)."""
         if not keys:
             return Claim(first=True)
-        found = await self._claim(keys=keys, args=[PENDING + lead_id.encode(), self._ttl])
-        if found is None:
-            return Claim(first=True)
-        return _read_claim(_as_bytes(found))
+        pending = PENDING + lead_id.encode()
+        if dedupe is None or dedupe.days <= 0:
+            found = await self._claim(keys=keys, args=[pending, self._ttl])
+            return Claim(first=True) if found is None else _read_claim(_as_bytes(found))
+        taken = self._dedupe_keys(dedupe.vertical, dedupe.phone, dedupe.email, dedupe.test)
+        args: list[str | bytes | int] = [
+            len(keys),
+            pending,
+            self._ttl,
+            lead_id,
+            dedupe.days * 86400,
+        ]
+        reply = await self._claim_and_dedupe(keys=[*keys, *taken], args=args)
+        kind = int(reply[0])
+        if kind == 1:
+            return _read_claim(_as_bytes(reply[1]))
+        earlier = _as_bytes(reply[1]).decode() if kind == 2 else None
+        return Claim(first=True, deduped=True, earlier=earlier)
 
     async def wait_for_answer(self, keys: list[str], timeout_s: float) -> Claim:
         """Poll until the first request has answered, or the time is up (then it is pending)."""

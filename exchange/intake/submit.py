@@ -25,7 +25,7 @@ from exchange.auction.outcome import Outcome, Progress
 from exchange.auction.sell import sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
-from exchange.intake.guard import Claim
+from exchange.intake.guard import Claim, Dedupe
 from exchange.intake.held import UNRECORDED, give_back, log_held, saved_anyway
 from exchange.intake.lead import FieldError, Lead
 from exchange.intake.validate import Invalid, parse_lead
@@ -69,7 +69,8 @@ async def submit_lead(
     # beside the Redis claim: one round trip less on the path of every lead with an id.
     backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
     try:
-        claiming = rt.guard.claim(keys, lead.lead_id)  # no Redis call without keys
+        # No Redis call without keys; with them, the phone and email are checked too.
+        claiming = rt.guard.claim(keys, lead.lead_id, _dedupe_of(lead, catalog))
         claim = await (_timed("redis", "claim", claiming) if keys else claiming)
     except BaseException:
         _abandon(rt, backstop)
@@ -85,7 +86,7 @@ async def submit_lead(
                 if stored is not None:
                     rt.after_answer(_finish(rt, keys, stored, claimed_by=lead.lead_id))
                     return Answer(stored, repeat=True)
-            answer = await _run(rt, catalog, publisher, lead, deadline, progress)
+            answer = await _run(rt, catalog, publisher, lead, deadline, progress, claim)
         except BaseException as exc:
             held = await asyncio.shield(give_back(rt, keys, lead, progress))
             if held is not None and isinstance(exc, Exception):
@@ -97,6 +98,15 @@ async def submit_lead(
             finish = _finish(rt, keys, answer, claimed_by=lead.lead_id, saved=progress.saved)
             rt.after_answer(finish)
         return Answer(answer)
+
+
+def _dedupe_of(lead: Lead, catalog: Catalog) -> Dedupe | None:
+    """What the lead's dedupe would take, or None when it is skipped: no consent (rejected
+    before dedupe, so a consented retry is not its duplicate) or dedupe off."""
+    days = catalog.verticals[lead.vertical].dedupe_days
+    if days <= 0 or lead.consent.get("tcpa") is not True:
+        return None
+    return Dedupe(lead.vertical, lead.phone, lead.email, days, lead.test)
 
 
 def _abandon(rt: Runtime, task: asyncio.Future[Any] | None) -> None:
@@ -140,17 +150,21 @@ async def _run(
     lead: Lead,
     deadline: Deadline,
     progress: Progress,
+    claim: Claim,
 ) -> dict[str, Any]:
     # One catalog for the whole lead: a reload mid-lead must not mix two configs.
     vertical = catalog.verticals[lead.vertical]
     if lead.consent.get("tcpa") is not True:
         outcome = Outcome("rejected", "consent.tcpa must be true: no consent, no sale")
     else:
-        checking = rt.guard.check_duplicate(
-            lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
-        )
-        timed = vertical.dedupe_days > 0  # 0 turns dedupe off: no Redis call to time
-        earlier = await (_timed("redis", "dedupe", checking) if timed else checking)
+        if claim.deduped:
+            earlier = claim.earlier
+        else:
+            checking = rt.guard.check_duplicate(
+                lead.vertical, lead.phone, lead.email, lead.lead_id, vertical.dedupe_days, lead.test
+            )
+            timed = vertical.dedupe_days > 0  # 0 turns dedupe off: no Redis call to time
+            earlier = await (_timed("redis", "dedupe", checking) if timed else checking)
         if earlier is not None:
             outcome = Outcome(
                 "duplicate",

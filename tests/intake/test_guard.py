@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from exchange.intake.guard import Guard
+from exchange.intake.guard import Dedupe, Guard
 from exchange.store.redis_lane import lane_client
 
 PHONE, EMAIL = "+14155550100", "ada@example.com"
@@ -53,3 +53,40 @@ async def test_a_lead_without_ids_has_no_claim_to_release() -> None:
         await Guard(unreachable, "p:").release([], "lead-1")
     finally:
         await unreachable.aclose()
+
+
+async def test_claim_with_dedupe_takes_ids_phone_and_email_in_one_step(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    guard = Guard(redis_client, redis_prefix)
+    dedupe = Dedupe("auto", PHONE, EMAIL, 30, False)
+    first = await guard.claim(guard.idempotency_keys("pub", "ext-1", None), "lead-1", dedupe)
+    assert (first.first, first.deduped, first.earlier) == (True, True, None)
+    # The phone and email are lead-1's now, exactly as check_duplicate would have left them.
+    assert await guard.check_duplicate("auto", PHONE, None, "lead-x", 30, False) == "lead-1"
+    phone_key = f"{redis_prefix}dd:{{auto}}:p:{PHONE}"
+    assert 29 * 86400 < await redis_client.ttl(phone_key) <= 30 * 86400
+
+    # A repeat of lead-1 hears the claim and takes nothing: the phone stays lead-1's.
+    repeat = await guard.claim(guard.idempotency_keys("pub", "ext-1", None), "lead-2", dedupe)
+    assert (repeat.first, repeat.lead_id, repeat.deduped) == (False, "lead-1", False)
+    assert await redis_client.get(phone_key) == b"lead-1"
+
+    # Another lead with lead-1's email is a duplicate of lead-1, and still claims its own
+    # id (its repeats hear "duplicate"), but takes no phone or email.
+    other = Dedupe("auto", "+14155550199", EMAIL, 30, False)
+    dup = await guard.claim(guard.idempotency_keys("pub", "ext-3", None), "lead-3", other)
+    assert (dup.first, dup.deduped, dup.earlier) == (True, True, "lead-1")
+    assert await redis_client.get(f"{redis_prefix}dd:{{auto}}:p:+14155550199") is None
+    again = await guard.claim(guard.idempotency_keys("pub", "ext-3", None), "lead-4")
+    assert (again.first, again.lead_id) == (False, "lead-3")
+
+
+async def test_claim_without_dedupe_days_only_claims(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    guard = Guard(redis_client, redis_prefix)
+    off = Dedupe("auto", PHONE, EMAIL, 0, False)
+    claim = await guard.claim(guard.idempotency_keys("pub", "ext-1", "k-1"), "lead-1", off)
+    assert (claim.first, claim.deduped) == (True, False)
+    assert [k async for k in redis_client.scan_iter(match=f"{redis_prefix}dd:*")] == []
