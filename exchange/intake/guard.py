@@ -1,7 +1,8 @@
 """Idempotency and duplicate checks in Redis, atomic across workers and machines.
 
 Idempotency: the first request for a ``(publisher, external_id)`` or ``Idempotency-Key``
-claims it; repeats wait for the first answer and get it verbatim. Dedupe: the same
+claims it; repeats wait for the first answer and get it verbatim (from Postgres, where it
+is saved with the lead; Redis keeps only a held lead's, see ``intake.held``). Dedupe: the same
 phone or email in a vertical within ``dedupe_days`` is a duplicate. Keys of one claim
 share a hash tag. A lead with ids claims them and its phone and email in one script
 (:meth:`Guard.claim` with ``dedupe``): one round trip less a lead, and nothing can slip
@@ -11,7 +12,6 @@ between the two. That script spans two hash tags, as the lead path's single-node
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -144,20 +144,12 @@ class Guard:
         earlier = _as_bytes(reply[1]).decode() if kind == 2 else None
         return Claim(first=True, deduped=True, earlier=earlier)
 
-    async def wait_for_answer(self, keys: list[str], timeout_s: float) -> Claim:
-        """Poll until the first request has answered, or the time is up (then it is pending)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        delay = 0.005
-        while True:
-            # Any of the keys may be the one the first request holds (a repeat can share
-            # only its Idempotency-Key, or only its external id).
-            found = [v for v in await execute(self._redis, "MGET", *keys) if v is not None]
-            claim = _read_claim(_as_bytes(found[0])) if found else Claim(first=False)
-            if claim.answer is not None or loop.time() >= end:
-                return claim
-            await asyncio.sleep(min(delay, max(0.0, end - loop.time())))
-            delay = min(delay * 2, 0.05)
+    async def peek(self, keys: list[str]) -> Claim:
+        """Who holds the claim now, and its answer if Redis keeps one (a held lead's)."""
+        # Any of the keys may be the one the first request holds (a repeat can share
+        # only its Idempotency-Key, or only its external id).
+        found = [v for v in await execute(self._redis, "MGET", *keys) if v is not None]
+        return _read_claim(_as_bytes(found[0])) if found else Claim(first=False)
 
     async def finish(self, keys: list[str], answer: dict[str, Any]) -> None:
         if keys:

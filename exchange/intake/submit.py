@@ -7,7 +7,6 @@ only maps the result to HTTP; everything the publisher relies on happens here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -33,7 +32,7 @@ from exchange.money import fmt
 from exchange.observability import record
 from exchange.observability.logs import bind_lead
 from exchange.runtime import Runtime
-from exchange.store.leads import find_answer, save_lead
+from exchange.store.leads import answer_of, find_answer, save_lead
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +83,9 @@ async def submit_lead(
             if backstop is not None:
                 stored = await backstop
                 if stored is not None:
-                    rt.after_answer(_finish(rt, keys, stored, claimed_by=lead.lead_id))
+                    # Redis had lost the claim: put the answer back, not this request's
+                    # pending claim, which no saved lead would ever answer.
+                    rt.after_answer(_finish(rt, keys, stored))
                     return Answer(stored, repeat=True)
             answer = await _run(rt, catalog, publisher, lead, deadline, progress, claim)
         except BaseException as exc:
@@ -92,11 +93,11 @@ async def submit_lead(
             if held is not None and isinstance(exc, Exception):
                 return Answer(held)  # a buyer may have it: pending, as its repeats hear
             raise
-        if keys:
-            # Off the answer path: repeats that arrive before it lands wait for it (they
-            # poll the claim), and a sold, saved lead is not answered 503 if Redis fails.
-            finish = _finish(rt, keys, answer, claimed_by=lead.lead_id, saved=progress.saved)
-            rt.after_answer(finish)
+        if keys and not progress.saved:
+            # Held, so Postgres has no answer for its repeats: Redis keeps it, off the
+            # answer path (repeats that arrive before it lands wait for it). A saved lead's
+            # answer was saved with it, where its repeats read it.
+            rt.after_answer(_finish(rt, keys, answer))
         return Answer(answer)
 
 
@@ -122,10 +123,9 @@ def _observe(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so asyncio does not log it as lost
 
 
-async def _finish(
-    rt: Runtime, keys: list[str], answer: dict[str, Any], *, claimed_by: str, saved: bool = True
-) -> None:
-    """Store the answer for repeats of this lead (retried once)."""
+async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any]) -> None:
+    """Keep the answer in Redis for repeats (retried once); if that fails, the claim stays
+    pending and repeats hear "pending" after waiting: never a second auction."""
     for attempt in (1, 2):
         try:
             await _timed("redis", "finish", rt.guard.finish(keys, answer))
@@ -135,12 +135,6 @@ async def _finish(
                 await asyncio.sleep(0.05)
     record.store_error("redis", "finish")
     log.warning("answer not stored for repeats", extra={"lead_id": answer.get("lead_id")})
-    if not saved:
-        return  # held, not in Postgres: the pending claim is all that stops a second auction
-    # Free the claim, so repeats read the answer from Postgres instead of waiting on it;
-    # if Redis is gone for this too, repeats still fall back to Postgres after waiting.
-    with contextlib.suppress(RedisError, OSError):
-        await rt.guard.release(keys, claimed_by)
 
 
 async def _run(
@@ -173,8 +167,9 @@ async def _run(
         else:
             outcome = await sell(rt.auction, catalog, publisher, lead, deadline, progress)
     duration_ms = round(deadline.elapsed_ms())
+    answer = _answer(lead, outcome)
     try:
-        await _save(rt, lead, outcome, vertical.exclusive, duration_ms)
+        await _save(rt, lead, outcome, vertical.exclusive, duration_ms, answer)
         progress.saved = True
     except Exception:
         if await saved_anyway(rt, lead):  # it committed; only the reply was lost
@@ -184,6 +179,7 @@ async def _run(
         else:
             log_held(lead, outcome.posts)
             outcome = dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
+            answer = _answer(lead, outcome)
     record.lead_done(lead, outcome, duration_ms / 1000)
     log.info(
         "lead answered",
@@ -197,6 +193,11 @@ async def _run(
             "revenue_cents": 0 if lead.test else outcome.revenue_cents,
         },
     )
+    return answer
+
+
+def _answer(lead: Lead, outcome: Outcome) -> dict[str, Any]:
+    """What the publisher hears, and every repeat of the lead after it."""
     answer: dict[str, Any] = {
         "lead_id": lead.lead_id,
         "status": outcome.status,
@@ -208,14 +209,20 @@ async def _run(
 
 
 async def _save(
-    rt: Runtime, lead: Lead, outcome: Outcome, exclusive: bool, duration_ms: int
+    rt: Runtime,
+    lead: Lead,
+    outcome: Outcome,
+    exclusive: bool,
+    duration_ms: int,
+    answer: dict[str, Any],
 ) -> None:
     """Record the lead and its story in one transaction; retried once on a lost connection,
     because a buyer may already hold the lead and the sale must not go unrecorded."""
     for attempt in (1, 2):
         try:
             # Timed with the wait for a pool connection, as Redis calls are with theirs.
-            await _timed("postgres", "save", _save_once(rt, lead, outcome, exclusive, duration_ms))
+            saving = _save_once(rt, lead, outcome, exclusive, duration_ms, answer)
+            await _timed("postgres", "save", saving)
             return
         except (asyncpg.PostgresConnectionError, OSError):
             if attempt == 2:
@@ -225,10 +232,17 @@ async def _save(
 
 
 async def _save_once(
-    rt: Runtime, lead: Lead, outcome: Outcome, exclusive: bool, duration_ms: int
+    rt: Runtime,
+    lead: Lead,
+    outcome: Outcome,
+    exclusive: bool,
+    duration_ms: int,
+    answer: dict[str, Any],
 ) -> None:
     async with rt.pool.acquire() as conn:
-        await save_lead(conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms)
+        await save_lead(
+            conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms, answer=answer
+        )
 
 
 async def _stored_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
@@ -244,25 +258,43 @@ async def _find_answer(rt: Runtime, lead: Lead) -> dict[str, Any] | None:
 async def _earlier_answer(
     rt: Runtime, lead: Lead, keys: list[str], claim: Claim, deadline: Deadline
 ) -> dict[str, Any]:
+    """The first request's answer: saved with its lead in Postgres, or (held) in Redis;
+    waited for while the first request runs, as long as the deadline allows."""
     if claim.answer is not None:
         return claim.answer
-    # Leave time to ask Postgres if the first request's answer never reaches Redis.
-    wait_s = max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
-    waited = await rt.guard.wait_for_answer(keys, wait_s)
-    if waited.answer is not None:
-        return waited.answer
-    # Its worker could not store the answer (Redis failed) or died: if the lead was
-    # recorded, Postgres has the answer; otherwise it is honestly still pending.
+    # Leave time to ask Postgres by external id if the first request never answers.
+    loop = asyncio.get_running_loop()
+    end = loop.time() + max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
+    first_id, delay = claim.lead_id, 0.005
+    while True:
+        if first_id is not None:
+            saved = await _timed("postgres", "repeat", _answer_of(rt, first_id))
+            if saved is not None:
+                return saved
+        if loop.time() >= end:
+            break
+        await asyncio.sleep(min(delay, max(0.0, end - loop.time())))
+        delay = min(delay * 2, 0.05)
+        now = await rt.guard.peek(keys)  # a held lead's answer, or who holds the claim now
+        if now.answer is not None:
+            return now.answer
+        first_id = now.lead_id or first_id
+    # Its worker died or could not save it: if the lead was recorded after all, Postgres
+    # has the answer; otherwise it is honestly still pending.
     stored = await _stored_answer(rt, lead)
     if stored is not None:
         return stored
-    lead_id = waited.lead_id or claim.lead_id
     return {
-        "lead_id": lead_id,
+        "lead_id": first_id,
         "status": "pending",
         "payout": "0.00",
         "reason": "the first request with this id is still running",
     }
+
+
+async def _answer_of(rt: Runtime, lead_id: str) -> dict[str, Any] | None:
+    async with rt.pool.acquire() as conn:
+        return await answer_of(conn, lead_id)
 
 
 async def _timed(store: str, op: str, call: Awaitable[T]) -> T:

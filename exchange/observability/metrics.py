@@ -201,8 +201,9 @@ LEADS_UNRECORDED = Counter(
 STORE_DURATION = Histogram(
     "exchange_store_duration_seconds",
     "Store calls of the lead path by store and op: Redis claim (with the dedupe for a "
-    "lead with ids), dedupe (a lead without ids) and finish (after the answer), Postgres "
-    "backstop and save (with the wait for a pool connection).",
+    "lead with ids), dedupe (a lead without ids) and finish (a held lead's answer, after "
+    "it), Postgres backstop, save and repeat (a repeat reading the first answer; with the "
+    "wait for a pool connection).",
     ["store", "op"],
     buckets=LATENCY_BUCKETS,
 )

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from exchange.auction.outcome import Outcome
 from exchange.intake.lead import Lead
@@ -37,9 +38,9 @@ WITH ping_rows AS (
 ), lead_row AS (
     INSERT INTO leads (lead_id, publisher_id, external_id, idempotency_key, vertical, test,
                        status, reason, payout_cents, received_at, duration_ms, phone, email,
-                       state, zip, sub_id, contact, profile, consent, source)
+                       state, zip, sub_id, contact, profile, consent, source, answer)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-            $19, $20)
+            $19, $20, $25)
 ), sale_rows AS (
     INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id, price_cents,
                        payout_cents, test, exclusive)
@@ -66,9 +67,16 @@ def _ms(value: float | None) -> int | None:
 
 
 async def save_lead(
-    conn: Conn, lead: Lead, outcome: Outcome, *, exclusive: bool, duration_ms: int
+    conn: Conn,
+    lead: Lead,
+    outcome: Outcome,
+    *,
+    exclusive: bool,
+    duration_ms: int,
+    answer: dict[str, Any],
 ) -> None:
-    """Insert the lead with its whole story, atomically, in one round trip.
+    """Insert the lead with its whole story and the publisher's ``answer``, atomically, in
+    one round trip.
 
     Test leads keep their sale rows for the story, with no payout and no ledger rows.
     """
@@ -134,6 +142,7 @@ async def save_lead(
             }
             for s in sales
         ],
+        orjson.dumps(answer).decode(),
     )
 
 
@@ -147,7 +156,7 @@ async def find_answer(
 ) -> dict[str, Any] | None:
     """The stored answer of an earlier lead with the same external id or idempotency key."""
     row = await conn.fetchrow(
-        """SELECT lead_id, status, reason, payout_cents FROM leads
+        """SELECT lead_id, status, reason, payout_cents, answer FROM leads
            WHERE publisher_id = $1 AND (external_id = $2 OR idempotency_key = $3)
            ORDER BY received_at LIMIT 1""",
         publisher_id,
@@ -157,9 +166,23 @@ async def find_answer(
     return answer_from_row(row) if row else None
 
 
+async def answer_of(conn: Conn, lead_id: str) -> dict[str, Any] | None:
+    """The answer lead ``lead_id`` got, once it is saved (None before that)."""
+    row = await conn.fetchrow(
+        "SELECT lead_id, status, reason, payout_cents, answer FROM leads WHERE lead_id = $1",
+        uuid.UUID(lead_id),
+    )
+    return answer_from_row(row) if row else None
+
+
 def answer_from_row(row: asyncpg.Record) -> dict[str, Any]:
+    """The answer as first given; rebuilt from the lead's state for leads saved without it."""
     from exchange.money import fmt
 
+    first: str | None = row["answer"]
+    if first is not None:
+        answer_as_sent: dict[str, Any] = orjson.loads(first)
+        return answer_as_sent
     answer: dict[str, Any] = {
         "lead_id": str(row["lead_id"]),
         "status": row["status"],

@@ -133,3 +133,21 @@ async def test_settle_body_is_validated(market: OpenMarket) -> None:
         assert resp.headers["content-type"].startswith("application/problem+json")
     record = await m.record(answer["lead_id"])
     assert record.lead is not None and record.lead["status"] == "pending"
+
+
+async def test_a_repeat_after_settlement_still_hears_the_first_answer(market: OpenMarket) -> None:
+    """The publisher reads the final status with GET; a repeat of the lead gets what the
+    first request got (SPEC §3), which the lead's record keeps apart from its status."""
+    m = await _pending_market(market)
+    body = lead_body()
+    first = (await m.ex.submit(body)).json()
+    assert first["status"] == "pending", first
+    assert (await m.ex.settle(first["lead_id"], "acme", True)).status_code == 200
+    assert (await m.ex.get_lead(first["lead_id"], PUB_KEY)).json()["status"] == "sold"
+
+    repeat = await m.ex.submit(body)
+    assert repeat.json() == first
+    assert repeat.headers.get("Idempotent-Replayed") == "true"
+    await m.redis.delete(*[k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}idem:*")])
+    assert (await m.ex.submit(body)).json() == first  # by external id, Redis gone too
+    assert m.posts_seen() == {"acme": 1, "bolt": 0}
