@@ -44,6 +44,13 @@ def to_decimal(value: Any) -> Decimal:
 
 def to_cents(value: Any) -> int:
     """Whole cents from a wire value; sub-cent digits are cut, never rounded up."""
+    kind = type(value)  # exact types: a bool is an int, and is refused below
+    if kind is int and 0 <= value <= MAX_CENTS // 100:
+        return int(value) * 100
+    if kind is str or kind is float:
+        cents = _plain_cents(value.strip() if kind is str else repr(value))
+        if cents is not None:
+            return cents
     amount = to_decimal(value)
     if amount < 0:
         raise MoneyError("money cannot be negative")
@@ -52,6 +59,20 @@ def to_cents(value: Any) -> int:
     if amount > _MAX_AMOUNT:
         raise MoneyError("amount is implausibly large")
     return int((amount / _CENT).to_integral_value(rounding=ROUND_DOWN))
+
+
+def _plain_cents(text: str) -> int | None:
+    """``"12.5"`` -> ``1250`` without a Decimal (a bid's price, ten times a lead), or None
+    for anything but plain ASCII digits with at most two decimals: the exact path decides."""
+    whole, dot, part = text.partition(".")
+    if not (whole.isascii() and whole.isdigit() and len(whole) <= 9):
+        return None
+    if dot and not (part.isascii() and part.isdigit() and len(part) <= 2):
+        return None
+    cents = int(whole) * 100 + (int(part) * (10 if len(part) == 1 else 1) if dot else 0)
+    if cents > MAX_CENTS:
+        raise MoneyError("amount is implausibly large")
+    return cents
 
 
 def fmt(cents: int) -> str:

@@ -34,7 +34,10 @@ _OUT_OF_RANGE = ["1e999999", Decimal("9e999999999")]  # dividing by a cent would
         None,
         "abc",
         "-1",
+        -1,
         -0.5,
+        10_000_001,
+        "10000001",
         float("nan"),
         float("inf"),
         [1],
@@ -62,3 +65,28 @@ def test_share_never_exceeds_the_part(cents: int, ratio: Decimal) -> None:
 @given(st.integers(0, 10**9))
 def test_fmt_round_trips(cents: int) -> None:
     assert to_cents(fmt(cents)) == cents
+
+
+@given(st.decimals(0, 10_000_000, places=2, allow_nan=False, allow_infinity=False))
+def test_the_plain_string_and_number_paths_agree_with_the_exact_one(amount: Decimal) -> None:
+    """Prices like "12.5" skip Decimal; whatever their form, the cents are the same."""
+    exact = int(amount * 100)
+    forms: list[object] = [str(amount), f"{amount:f}", float(amount), f" {amount} "]
+    if amount == int(amount):
+        forms += [int(amount), str(int(amount)), f"{int(amount)}."]
+    for form in forms:
+        assert to_cents(form) == exact, form
+
+
+@pytest.mark.parametrize("value", ["١٢.٥٠", "12.５", "²", "+5", "5.-1", ".5", "1_000"])
+def test_only_plain_ascii_digits_take_the_shortcut(value: str) -> None:
+    """Unicode digits and signs go to Decimal, which reads some ("١٢.٥٠" is 12.50)."""
+    try:
+        expected: int | None = int(Decimal(value.strip()) * 100)
+    except ArithmeticError:
+        expected = None
+    if expected is None:
+        with pytest.raises(MoneyError):
+            to_cents(value)
+    else:
+        assert to_cents(value) == expected
