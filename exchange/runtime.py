@@ -110,7 +110,7 @@ class Runtime:
         """Run ``coro`` as a task the runtime keeps (and cancels at close)."""
         self._tasks.append(asyncio.create_task(coro))
 
-    def after_answer(self, coro: Coroutine[Any, Any, None]) -> None:
+    def after_answer(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run short work that must not delay an answer; ``close`` waits for it."""
         self.track(asyncio.create_task(coro))
 

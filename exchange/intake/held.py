@@ -80,6 +80,12 @@ async def give_back(
         with contextlib.suppress(RedisError, OSError):
             await rt.guard.release(keys, lead.lead_id)
         return None
+    await release_claims(rt, keys, lead)
+    return None
+
+
+async def release_claims(rt: Runtime, keys: list[str], lead: Lead) -> None:
+    """Give back whatever of its ids, phone and email this lead still holds (best effort)."""
     # The phone and email first: a retry that wins the freed claim must not find them taken.
     with contextlib.suppress(RedisError, OSError):
         await rt.guard.release_duplicate(
@@ -87,4 +93,3 @@ async def give_back(
         )
     with contextlib.suppress(RedisError, OSError):
         await rt.guard.release(keys, lead.lead_id)
-    return None

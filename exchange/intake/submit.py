@@ -7,6 +7,7 @@ only maps the result to HTTP; everything the publisher relies on happens here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -25,7 +26,7 @@ from exchange.auction.sell import sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim, Dedupe
-from exchange.intake.held import UNRECORDED, give_back, log_held, saved_anyway
+from exchange.intake.held import UNRECORDED, give_back, log_held, release_claims, saved_anyway
 from exchange.intake.lead import FieldError, Lead
 from exchange.intake.validate import Invalid, parse_lead
 from exchange.money import fmt
@@ -73,6 +74,10 @@ async def submit_lead(
         claim = await (_timed("redis", "claim", claiming) if keys else claiming)
     except BaseException:
         _abandon(rt, backstop)
+        if keys:
+            # The script may have run before its reply was lost: give back what it took
+            # for this lead, or its retry would hear "pending" for the claim's whole TTL.
+            rt.after_answer(release_claims(rt, keys, lead))
         raise
     if not claim.first:
         _abandon(rt, backstop)
@@ -83,9 +88,7 @@ async def submit_lead(
             if backstop is not None:
                 stored = await backstop
                 if stored is not None:
-                    # Redis had lost the claim: put the answer back, not this request's
-                    # pending claim, which no saved lead would ever answer.
-                    rt.after_answer(_finish(rt, keys, stored))
+                    rt.after_answer(_restore(rt, keys, lead, claim, stored))
                     return Answer(stored, repeat=True)
             answer = await _run(rt, catalog, publisher, lead, deadline, progress, claim)
         except BaseException as exc:
@@ -123,18 +126,36 @@ def _observe(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so asyncio does not log it as lost
 
 
-async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any]) -> None:
+async def _finish(rt: Runtime, keys: list[str], answer: dict[str, Any]) -> bool:
     """Keep the answer in Redis for repeats (retried once); if that fails, the claim stays
     pending and repeats hear "pending" after waiting: never a second auction."""
     for attempt in (1, 2):
         try:
             await _timed("redis", "finish", rt.guard.finish(keys, answer))
-            return
+            return True
         except (RedisError, OSError):
             if attempt == 1:
                 await asyncio.sleep(0.05)
     record.store_error("redis", "finish")
     log.warning("answer not stored for repeats", extra={"lead_id": answer.get("lead_id")})
+    return False
+
+
+async def _restore(
+    rt: Runtime, keys: list[str], lead: Lead, claim: Claim, stored: dict[str, Any]
+) -> None:
+    """Redis had lost the claim and Postgres had the lead: put its answer back in place of
+    this request's pending claim, and give back the phone and email the claim took for a
+    lead that never runs (or the consumer's next leads would be its duplicates)."""
+    if claim.deduped and claim.earlier is None:
+        with contextlib.suppress(RedisError, OSError):
+            await rt.guard.release_duplicate(
+                lead.vertical, lead.phone, lead.email, lead.lead_id, lead.test
+            )
+    if not await _finish(rt, keys, stored):
+        # Free the claim rather than leave it pending: the next repeat reads Postgres.
+        with contextlib.suppress(RedisError, OSError):
+            await rt.guard.release(keys, lead.lead_id)
 
 
 async def _run(
@@ -262,23 +283,24 @@ async def _earlier_answer(
     waited for while the first request runs, as long as the deadline allows."""
     if claim.answer is not None:
         return claim.answer
-    # Leave time to ask Postgres by external id if the first request never answers.
-    loop = asyncio.get_running_loop()
-    end = loop.time() + max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
-    first_id, delay = claim.lead_id, 0.005
-    while True:
-        if first_id is not None:
-            saved = await _timed("postgres", "repeat", _answer_of(rt, first_id))
-            if saved is not None:
-                return saved
-        if loop.time() >= end:
-            break
-        await asyncio.sleep(min(delay, max(0.0, end - loop.time())))
-        delay = min(delay * 2, 0.05)
-        now = await rt.guard.peek(keys)  # a held lead's answer, or who holds the claim now
-        if now.answer is not None:
-            return now.answer
-        first_id = now.lead_id or first_id
+    first_id = claim.lead_id
+    # Leave time to ask Postgres by external id if the first request never answers. One
+    # timer bounds the wait: a full pool or a stalled Postgres cannot hold a repeat.
+    wait_s = max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            delay = 0.005
+            while True:
+                if first_id is not None:
+                    saved = await _saved_answer(rt, first_id)
+                    if saved is not None:
+                        return saved
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)  # a retry storm must not crowd out the saves
+                now = await rt.guard.peek(keys)  # a held lead's answer, or who holds it now
+                if now.answer is not None:
+                    return now.answer
+                first_id = now.lead_id or first_id
     # Its worker died or could not save it: if the lead was recorded after all, Postgres
     # has the answer; otherwise it is honestly still pending.
     stored = await _stored_answer(rt, lead)
@@ -290,6 +312,16 @@ async def _earlier_answer(
         "payout": "0.00",
         "reason": "the first request with this id is still running",
     }
+
+
+async def _saved_answer(rt: Runtime, lead_id: str) -> dict[str, Any] | None:
+    """The first lead's saved answer, or None: not saved yet, or Postgres not answering
+    (then Redis may still hold a held lead's answer, which the wait reads next)."""
+    try:
+        return await _timed("postgres", "repeat", _answer_of(rt, lead_id))
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+        record.store_error("postgres", "repeat")
+        return None
 
 
 async def _answer_of(rt: Runtime, lead_id: str) -> dict[str, Any] | None:

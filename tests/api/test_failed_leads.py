@@ -153,6 +153,33 @@ async def test_a_held_lead_whose_answer_cannot_be_kept_is_still_not_sold_again(
     assert await count_rows(m.pg_dsn, "leads") == 0
 
 
+async def test_a_repeat_hears_a_held_answer_while_postgres_is_down(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeat that arrives while the first runs asks Postgres for the saved answer; with
+    Postgres down it keeps waiting (not a 503) and hears the held answer from Redis."""
+    m = await market(Buyer("acme", "secret-acme-123", price=20, post_delay_s=0.3))
+    _fail_saves(monkeypatch)
+    reads: list[str] = []
+
+    async def postgres_down(conn: Any, lead_id: str) -> None:
+        reads.append(lead_id)
+        raise asyncpg.PostgresConnectionError("connection lost")
+
+    monkeypatch.setattr(exchange.intake.submit, "answer_of", postgres_down)
+    body = lead_body()
+    first = asyncio.ensure_future(m.ex.submit(body))
+    await asyncio.sleep(0.1)  # the first is posting to its buyer now
+    repeat, took_ms = await m.timed_submit(body)
+    answer = (await first).json()
+    _held(answer)
+    assert repeat.status_code == 200, repeat.text
+    assert repeat.json() == answer and repeat.headers.get("Idempotent-Replayed") == "true"
+    assert reads and set(reads) == {answer["lead_id"]}
+    assert took_ms < 1500, "heard from Redis once held, not after the whole deadline"
+    assert m.posts_seen() == {"acme": 1}
+
+
 @pytest.mark.parametrize(
     ("error", "calls"),
     [

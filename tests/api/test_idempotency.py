@@ -120,6 +120,73 @@ async def test_repeat_after_redis_lost_its_keys_is_answered_from_postgres(
     assert await count_rows(m.pg_dsn, "leads") == 2
 
 
+async def _dedupe_marks(m: Market) -> set[str]:
+    """The lead ids the phone and email keys name (a key gone since the scan is skipped)."""
+    keys = [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}dd:*")]
+    values = await m.redis.mget(keys) if keys else []
+    return {v.decode() if isinstance(v, bytes) else v for v in values if v is not None}
+
+
+async def test_a_repeat_answered_from_postgres_leaves_no_phone_or_email_taken(
+    market: OpenMarket,
+) -> None:
+    """Redis lost everything: the repeat's claim took the phone and email for a lead id that
+    never runs; they are given back, so the consumer's next lead is no one's duplicate."""
+    m = await market(*_buyers())
+    body = lead_body()
+    first = (await m.ex.submit(body)).json()
+    assert first["status"] == "sold"
+    assert await _dedupe_marks(m) == {first["lead_id"]}
+    gone = [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}*")]
+    await m.redis.delete(*gone)  # only this test's prefix: never a flush
+
+    repeat = await m.ex.submit(body)
+    assert repeat.json() == first and repeat.headers.get("Idempotent-Replayed") == "true"
+    for _ in range(100):  # given back just after answering
+        if await _dedupe_marks(m) == set():
+            break
+        await asyncio.sleep(0.01)
+    assert await _dedupe_marks(m) == set()
+
+    later = (await m.ex.submit({**body, "external_id": f"next-{uuid.uuid4()}"})).json()
+    assert later["status"] == "sold", later
+    assert await _dedupe_marks(m) == {later["lead_id"]}
+    assert await count_rows(m.pg_dsn, "leads") == 2
+
+
+async def test_a_claim_whose_reply_was_lost_is_given_back_for_the_retry(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim script ran but its reply never came: the publisher hears 503, and its
+    retry runs at once instead of waiting on a pending claim (or being its own duplicate)."""
+    m = await market(*_buyers(), settings={"deadline_ms": 1000})
+    guard = m.ex.runtime.guard
+    real_claim = guard.claim
+
+    async def claim_then_lose_the_reply(*args: Any, **kwargs: Any) -> Any:
+        await real_claim(*args, **kwargs)
+        raise RedisConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(guard, "claim", claim_then_lose_the_reply)
+    body = lead_body()
+    refused = await m.ex.submit(body)
+    assert refused.status_code == 503, refused.text
+    monkeypatch.undo()
+    for _ in range(100):
+        if not await _keys(m) and not await _dedupe_marks(m):
+            break
+        await asyncio.sleep(0.01)
+    assert await _keys(m) == [] and await _dedupe_marks(m) == set()
+
+    retry, took_ms = await m.timed_submit(body)
+    answer = retry.json()
+    assert answer["status"] == "sold" and answer["payout"] == "14.00", answer
+    assert retry.headers.get("Idempotent-Replayed") is None
+    assert took_ms < 500, "ran at once, not after waiting out a pending claim"
+    assert m.pings_seen() == {"acme": 1, "bolt": 1}
+    assert await count_rows(m.pg_dsn, "leads") == 1
+
+
 async def _keys(m: Market) -> list[bytes]:
     return [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}idem:*")]
 
