@@ -18,7 +18,7 @@ from starlette.responses import Response
 from exchange.api.auth import require_publisher, runtime
 from exchange.api.problems import problem
 from exchange.catalog.models import Publisher
-from exchange.intake.submit import submit_lead
+from exchange.intake.submit import FirstFailed, submit_lead
 from exchange.intake.validate import Invalid
 from exchange.observability import record
 from exchange.runtime import Runtime
@@ -61,6 +61,8 @@ async def post_lead(request: Request) -> Response:
         answer = await submit_lead(rt, publisher, raw, idem, arrival)
     except Invalid as exc:
         return problem(422, "Invalid lead", "the lead has invalid fields", errors=exc.errors)
+    except FirstFailed as exc:  # what the first request heard: retry, it runs anew
+        return problem(503, "Service unavailable", f"{exc}; retry", headers=_RETRY)
     except RedisError:
         # Without Redis no cap, dedupe or idempotency can be promised: refuse, do not guess.
         record.store_error("redis", "lead")

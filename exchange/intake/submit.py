@@ -40,6 +40,11 @@ T = TypeVar("T")
 _POSTGRES_RESERVE_MS = 100
 
 
+class FirstFailed(Exception):
+    """The first request with this id failed before any buyer saw it and gave its claim
+    back: a repeat that waited on it hears the same 503, and its retry runs the lead."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     body: dict[str, Any]
@@ -287,10 +292,11 @@ async def _earlier_answer(
     # Leave time to ask Postgres by external id if the first request never answers. One
     # timer bounds the wait: a full pool or a stalled Postgres cannot hold a repeat.
     wait_s = max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
+    freed = False
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             delay = 0.005
-            while True:
+            while not freed:
                 if first_id is not None:
                     saved = await _saved_answer(rt, first_id)
                     if saved is not None:
@@ -300,12 +306,15 @@ async def _earlier_answer(
                 now = await rt.guard.peek(keys)  # a held lead's answer, or who holds it now
                 if now.answer is not None:
                     return now.answer
+                freed = now.lead_id is None  # nothing holds the ids any more
                 first_id = now.lead_id or first_id
-    # Its worker died or could not save it: if the lead was recorded after all, Postgres
-    # has the answer; otherwise it is honestly still pending.
+    # Its worker died, could not save it, or gave it back: if the lead was recorded after
+    # all, Postgres has the answer; otherwise it is honestly still pending, or failed.
     stored = await _stored_answer(rt, lead)
     if stored is not None:
         return stored
+    if freed:
+        raise FirstFailed("the first request with this id failed before any buyer saw it")
     return {
         "lead_id": first_id,
         "status": "pending",

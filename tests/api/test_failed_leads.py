@@ -262,6 +262,34 @@ async def test_a_lead_failing_before_any_post_runs_again_and_is_not_its_own_dupl
     assert record.lead is not None and record.lead["status"] == "unsold"
 
 
+async def test_a_repeat_waiting_on_a_first_that_failed_hears_503_and_its_retry_runs(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first fails before any buyer saw it and gives its claim back: a repeat waiting
+    on it hears the first's 503 at once (not "pending" for a lead that will never exist)."""
+    m = await market(
+        Buyer("nope", "secret-nope-123", ping_mode="no_bid", delay_s=0.2),
+        settings={"deadline_ms": 3000},
+    )
+    refused = _fail_saves(monkeypatch)
+    body = lead_body()
+    first = asyncio.ensure_future(m.ex.submit(body))
+    await asyncio.sleep(0.1)  # the first is waiting on its buyer's answer
+    repeat, took_ms = await m.timed_submit(body)
+    assert (await first).status_code == 503
+    assert repeat.status_code == 503, repeat.text
+    assert repeat.headers.get("Retry-After") == "1"
+    assert "failed before any buyer saw it" in repeat.json()["detail"]
+    assert took_ms < 1500, "heard as soon as the claim was given back, not at the deadline"
+    assert len(refused) == 2 and m.pings_seen() == {"nope": 1}
+
+    monkeypatch.undo()
+    retry = (await m.ex.submit(body)).json()
+    assert retry["status"] == "unsold" and retry["lead_id"] != refused[0], retry
+    assert m.pings_seen() == {"nope": 2}
+    assert await count_rows(m.pg_dsn, "leads") == 1
+
+
 async def test_a_post_that_could_not_be_built_was_not_sent_and_holds_nothing(
     market: OpenMarket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
