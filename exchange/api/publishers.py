@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
@@ -18,10 +17,11 @@ from starlette.responses import Response
 from exchange.api.auth import require_publisher, runtime
 from exchange.api.problems import problem
 from exchange.catalog.models import Publisher
-from exchange.intake.submit import FirstFailed, submit_lead
+from exchange.intake.submit import submit_lead
 from exchange.intake.validate import Invalid
 from exchange.observability import record
 from exchange.runtime import Runtime
+from exchange.store.db import UNAVAILABLE
 
 _RETRY = {"Retry-After": "1"}
 
@@ -61,13 +61,11 @@ async def post_lead(request: Request) -> Response:
         answer = await submit_lead(rt, publisher, raw, idem, arrival)
     except Invalid as exc:
         return problem(422, "Invalid lead", "the lead has invalid fields", errors=exc.errors)
-    except FirstFailed as exc:  # what the first request heard: retry, it runs anew
-        return problem(503, "Service unavailable", f"{exc}; retry", headers=_RETRY)
     except RedisError:
         # Without Redis no cap, dedupe or idempotency can be promised: refuse, do not guess.
         record.store_error("redis", "lead")
         return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+    except UNAVAILABLE:
         record.store_error("postgres", "lead")
         return problem(503, "Service unavailable", "a store is unreachable", headers=_RETRY)
     finally:

@@ -47,6 +47,14 @@ end
 return n
 """
 
+# Points each key that holds ARGV[1] at ARGV[2], keeping its expiry.
+_HAND_OVER = """
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('SET', k, ARGV[2], 'KEEPTTL') end
+end
+return 1
+"""
+
 # KEYS: the idempotency keys (ARGV[1] of them), then the phone and email keys. The claim
 # is taken even for a duplicate, so its repeats hear the same "duplicate" answer.
 _CLAIM_AND_DEDUPE = """
@@ -108,6 +116,7 @@ class Guard:
         self._finish = Lua(redis, _FINISH)
         self._release_own = Lua(redis, _RELEASE_OWN)
         self._claim_and_dedupe = Lua(redis, _CLAIM_AND_DEDUPE)
+        self._hand_over = Lua(redis, _HAND_OVER)
 
     def idempotency_keys(
         self, publisher_id: str, external_id: str | None, idempotency_key: str | None
@@ -177,6 +186,14 @@ class Guard:
         that failed before any buyer saw it must not make its own retry a duplicate."""
         keys = self._dedupe_keys(vertical, phone, email, test)
         await self._release_own(keys=keys, args=[lead_id])
+
+    async def hand_over_duplicate(
+        self, vertical: str, phone: str, email: str | None, from_id: str, to_id: str, test: bool
+    ) -> None:
+        """Point the phone and email ``from_id`` holds at ``to_id``: a repeat whose claim
+        took them again after Redis lost its data hands them to the lead that has them."""
+        keys = self._dedupe_keys(vertical, phone, email, test)
+        await self._hand_over(keys=keys, args=[from_id, to_id])
 
     def _dedupe_keys(self, vertical: str, phone: str, email: str | None, test: bool) -> list[str]:
         space = "test:" if test else ""

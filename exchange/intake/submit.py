@@ -33,16 +33,14 @@ from exchange.money import fmt
 from exchange.observability import record
 from exchange.observability.logs import bind_lead
 from exchange.runtime import Runtime
+from exchange.store.db import UNAVAILABLE
 from exchange.store.leads import answer_of, find_answer, save_lead
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _POSTGRES_RESERVE_MS = 100
-
-
-class FirstFailed(Exception):
-    """The first request with this id failed before any buyer saw it and gave its claim
-    back: a repeat that waited on it hears the same 503, and its retry runs the lead."""
+# A repeat's read of the first answer fails soft on these (TimeoutError: asyncpg's own).
+_READ_FAILS: tuple[type[Exception], ...] = (*UNAVAILABLE, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +148,12 @@ async def _restore(
     rt: Runtime, keys: list[str], lead: Lead, claim: Claim, stored: dict[str, Any]
 ) -> None:
     """Redis had lost the claim and Postgres had the lead: put its answer back in place of
-    this request's pending claim, and give back the phone and email the claim took for a
-    lead that never runs (or the consumer's next leads would be its duplicates)."""
+    this request's pending claim, and hand the phone and email the claim took to the lead
+    that has them (this request's id never runs: nothing could be a duplicate of it)."""
     if claim.deduped and claim.earlier is None:
         with contextlib.suppress(RedisError, OSError):
-            await rt.guard.release_duplicate(
-                lead.vertical, lead.phone, lead.email, lead.lead_id, lead.test
+            await rt.guard.hand_over_duplicate(
+                lead.vertical, lead.phone, lead.email, lead.lead_id, stored["lead_id"], lead.test
             )
     if not await _finish(rt, keys, stored):
         # Free the claim rather than leave it pending: the next repeat reads Postgres.
@@ -292,11 +290,10 @@ async def _earlier_answer(
     # Leave time to ask Postgres by external id if the first request never answers. One
     # timer bounds the wait: a full pool or a stalled Postgres cannot hold a repeat.
     wait_s = max(0.0, deadline.remaining_ms() - _POSTGRES_RESERVE_MS) / 1000
-    freed = False
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             delay = 0.005
-            while not freed:
+            while True:
                 if first_id is not None:
                     saved = await _saved_answer(rt, first_id)
                     if saved is not None:
@@ -306,15 +303,16 @@ async def _earlier_answer(
                 now = await rt.guard.peek(keys)  # a held lead's answer, or who holds it now
                 if now.answer is not None:
                     return now.answer
-                freed = now.lead_id is None  # nothing holds the ids any more
                 first_id = now.lead_id or first_id
-    # Its worker died, could not save it, or gave it back: if the lead was recorded after
-    # all, Postgres has the answer; otherwise it is honestly still pending, or failed.
-    stored = await _stored_answer(rt, lead)
+    # Its worker died or could not save it: if the lead was recorded after all, Postgres
+    # has the answer; otherwise it is honestly still pending. Bounded too: a full pool
+    # must not hold the repeat past its deadline (not knowing is "pending").
+    stored = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_POSTGRES_RESERVE_MS / 1000):
+            stored = await _stored_answer(rt, lead)
     if stored is not None:
         return stored
-    if freed:
-        raise FirstFailed("the first request with this id failed before any buyer saw it")
     return {
         "lead_id": first_id,
         "status": "pending",
@@ -328,7 +326,7 @@ async def _saved_answer(rt: Runtime, lead_id: str) -> dict[str, Any] | None:
     (then Redis may still hold a held lead's answer, which the wait reads next)."""
     try:
         return await _timed("postgres", "repeat", _answer_of(rt, lead_id))
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+    except _READ_FAILS:
         record.store_error("postgres", "repeat")
         return None
 

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 else:
     Conn = asyncpg.Connection
 
+# What Postgres being down, restarting or full raises (a lost connection, an admin
+# shutdown, "the database system is starting up", too many connections): the lead route
+# answers 503 with Retry-After for these, never 500.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any two processes that migrate at once serialize on this lock (the value is arbitrary).
 _MIGRATION_LOCK = 0x6C656164  # "lead"
