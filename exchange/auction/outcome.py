@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exchange.auction.types import Reason
 
 Status = Literal["sold", "unsold", "duplicate", "rejected", "pending"]
+# The ping-phase outcomes of a campaign that was pinged (a bid under the floor is a BID).
+PINGED = frozenset({Reason.BID, Reason.NO_BID, Reason.TIMEOUT, Reason.ERROR})
 PostState = Literal["accepted", "rejected", "failed", "unknown"]
 
 
@@ -62,6 +65,12 @@ class Outcome:
     @property
     def revenue_cents(self) -> int:
         return sum(s.price_cents for s in self.sales)
+
+    def pings(self) -> Iterator[tuple[str, bool]]:
+        """Each campaign pinged, and whether its ping timed out."""
+        for c in self.campaigns:
+            if c.outcome in PINGED:
+                yield c.campaign_id, c.outcome == Reason.TIMEOUT
 
 
 @dataclass(slots=True)

@@ -190,6 +190,7 @@ async def _run(
             )
         else:
             outcome = await sell(rt.auction, catalog, publisher, lead, deadline, progress)
+            _heard(rt, outcome)
     duration_ms = round(deadline.elapsed_ms())
     answer = _answer(lead, outcome)
     try:
@@ -218,6 +219,14 @@ async def _run(
         },
     )
     return answer
+
+
+def _heard(rt: Runtime, outcome: Outcome) -> None:
+    """Tell admission whether this lead heard its buyers in time (its cap adapts)."""
+    admission = rt.admission
+    cuts = admission.cuts
+    admission.heard(outcome.pings())
+    record.admission_cap(admission.cap, admission.cuts != cuts)
 
 
 def _answer(lead: Lead, outcome: Outcome) -> dict[str, Any]:

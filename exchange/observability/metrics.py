@@ -114,6 +114,16 @@ LEADS_IN_FLIGHT = Gauge(
     "Leads being processed right now (summed over live workers).",
     multiprocess_mode="livesum",
 )
+ADMISSION_CAP = Gauge(
+    "exchange_admission_cap",
+    "Leads the workers admit at once (summed over live workers): max_leads_in_flight each, "
+    "less while buyers' answers are read too late (adaptive cap).",
+    multiprocess_mode="livesum",
+)
+ADMISSION_CUTS = Counter(
+    "exchange_admission_cuts_total",
+    "Times a worker cut its admission cap because most usually-timely buyers timed out at once.",
+)
 LEADS_REFUSED = Counter(
     "exchange_leads_refused_total",
     "Leads refused before any work, by reason (overload, rate_limited).",

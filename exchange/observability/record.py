@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from exchange.auction.outcome import Outcome
+from exchange.auction.outcome import PINGED, Outcome
 from exchange.catalog import Target
 from exchange.intake.lead import Lead
 from exchange.observability.metrics import (
+    ADMISSION_CAP,
+    ADMISSION_CUTS,
     AUCTION_DURATION,
     CAP_USAGE,
     LEAD_DURATION,
@@ -30,8 +32,6 @@ from exchange.observability.metrics import (
     THROTTLED,
 )
 from exchange.routing.caps import CapStore
-
-_PINGED = frozenset({"bid", "no_bid", "timeout", "error"})
 
 
 @lru_cache(maxsize=4096)
@@ -97,7 +97,7 @@ def lead_done(lead: Lead, outcome: Outcome, duration_s: float) -> None:
         # below_floor is a bid that could not win: count it as its own outcome.
         label = "below_floor" if c.reason == "below_floor" else str(c.outcome)
         _ping(c.buyer_id, label).inc()
-        if c.outcome in _PINGED and c.latency_ms is not None:
+        if c.outcome in PINGED and c.latency_ms is not None:
             _ping_latency(c.buyer_id).observe(c.latency_ms / 1000)
     for p in outcome.posts:
         _post(p.buyer_id, p.state).inc()
@@ -118,6 +118,12 @@ def refused(reason: str) -> None:
 
 def in_flight(count: int) -> None:
     LEADS_IN_FLIGHT.set(count)
+
+
+def admission_cap(cap: float, cut: bool) -> None:
+    ADMISSION_CAP.set(int(cap))
+    if cut:
+        ADMISSION_CUTS.inc()
 
 
 def store_error(store: str, op: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.api.conftest import OpenMarket
+from tests.api.conftest import Market, OpenMarket
 from tests.kit.buyers import Buyer
 from tests.kit.exchange import lead_body
 
@@ -26,3 +26,34 @@ async def test_excess_leads_are_refused_at_once_with_retry_after(market: OpenMar
     # Nothing refused reached the buyers or Postgres.
     sold = [r.json()["lead_id"] for r, _ in replies if r.status_code == 200]
     assert len(m.buyers["slowbid"].pings) == len(sold)
+
+
+async def test_leads_whose_buyers_all_answer_too_late_cut_the_cap(market: OpenMarket) -> None:
+    """Every usually-timely buyer timing out on one lead is the sign of a saturated
+    machine: the worker admits fewer leads until its leads hear their buyers again."""
+    late = [Buyer(f"late{i}", f"secret-late-{i}", price=20, delay_s=0.6) for i in range(3)]
+    m = await market(*late, settings={"max_leads_in_flight": 8})
+    cuts_before = await _metric(m, "exchange_admission_cuts_total")
+    first = await m.ex.submit(lead_body())
+    assert first.json()["status"] == "unsold"
+    assert m.ex.runtime.admission.cap == 6  # 8 cut by a quarter
+    replies = await asyncio.gather(*(m.timed_submit(lead_body()) for _ in range(8)))
+    statuses = sorted(r.status_code for r, _ in replies)
+    assert statuses == [200] * 6 + [503] * 2, statuses
+    for resp, ms in replies:
+        if resp.status_code == 503:
+            assert "buyers answer late: cap 6" in resp.json()["detail"]
+            assert resp.headers["retry-after"] == "1"
+            assert ms < 150, ms
+    # The refused leads reached no buyer.
+    assert m.pings_seen() == {b.buyer_id: 7 for b in late}
+    # Metrics are per process, shared by every test in it: the cuts are counted as a delta.
+    assert await _metric(m, "exchange_admission_cuts_total") == cuts_before + 2
+    assert await _metric(m, "exchange_admission_cap") == 4  # 6 cut again by the burst
+
+
+async def _metric(m: Market, name: str) -> float:
+    text = (await m.ex.client.get("/metrics")).text
+    values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, text[:2000])
+    return values[0]
