@@ -8,6 +8,7 @@ is this checkout. Each start gets fresh stores.
 Usage::
 
     python -m loadtests.compare --before 1991968 --before-in-flight 256 --rate 500 --runs 2
+    python -m loadtests.compare --before HEAD --workers 2 --rate 330 --runs 3  # overload
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ async def one_step(
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp) / "cfg", fleet.ready, timing)
         async with fresh_stores(args.admin_dsn, args.redis_url) as stores:
-            proc = await asyncio.to_thread(start_exchange, config, 1, stores, 0, code_dir)
+            proc = await asyncio.to_thread(
+                start_exchange, config, args.workers, stores, 0, code_dir
+            )
             prober = Prober(
                 proc,
                 fleet,
@@ -77,6 +80,7 @@ async def one_step(
     summary = step.summary
     return {
         "p99_ms": summary["answered_latency_ms"]["p99"],
+        "sold_per_s": round(summary["statuses"].get("sold", 0) / summary["duration_s"], 1),
         "statuses": summary["statuses"],
         "cpu_ms_per_lead": step.cpu["server_ms_per_lead"],
     }
@@ -109,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--after-in-flight", type=int, default=Timing.max_leads_in_flight, help=help_in_flight
     )
     p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--workers", type=int, default=1, help="exchange workers (both sides)")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--admin-dsn", default=os.environ.get("BENCH_ADMIN_DSN", Options.admin_dsn))
@@ -121,11 +126,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def table(rows: Sequence[tuple[str, dict[str, Any]]], rate: float) -> str:
     lines = [
-        f"| version ({rate:g} leads/s) | answered p99 ms | statuses | server CPU ms/lead |",
-        "|---|---:|---|---:|",
+        f"| version ({rate:g} leads/s) | answered p99 ms | sold/s | statuses "
+        "| server CPU ms/lead |",
+        "|---|---:|---:|---|---:|",
     ]
     lines += [
-        f"| {name} | {row['p99_ms']} | {row['statuses']} | {row['cpu_ms_per_lead']} |"
+        f"| {name} | {row['p99_ms']} | {row['sold_per_s']} | {row['statuses']} "
+        f"| {row['cpu_ms_per_lead']} |"
         for name, row in rows
     ]
     return "\n".join(lines)
