@@ -66,11 +66,11 @@ class Outcome:
     def revenue_cents(self) -> int:
         return sum(s.price_cents for s in self.sales)
 
-    def pings(self) -> Iterator[tuple[str, bool]]:
-        """Each campaign pinged, and whether its ping timed out."""
+    def pings(self) -> Iterator[tuple[str, float | None]]:
+        """Each campaign pinged, and how long its answer took (None: it timed out)."""
         for c in self.campaigns:
             if c.outcome in PINGED:
-                yield c.campaign_id, c.outcome == Reason.TIMEOUT
+                yield c.campaign_id, None if c.outcome == Reason.TIMEOUT else c.latency_ms
 
 
 @dataclass(slots=True)

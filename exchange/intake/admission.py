@@ -9,12 +9,14 @@ And the cap itself adapts (AIMD, as TCP does with its window). When the machine 
 saturated rather than this worker's loop (several workers, Postgres and the buyers sharing
 the cores), the loop's lag stays modest while buyers' answers are read too late: measured
 on 2 workers at twice the sustained rate, a fifth of the admitted leads went unsold with
-every bid lost. The sign is *correlated* timeouts: most of the campaigns that usually
-answer in time timing out on the same lead. One buyer going down is not that (its
-campaigns are a minority of the lead's), and a buyer that is always slow or hanging is
-learnt as such and not counted. On that sign the cap is cut by a quarter (at most once a
-window, so one burst of late leads counts once); every lead that heard its buyers adds
-back ``1 / cap``, so the cap returns to ``max_in_flight`` once the machine keeps up.
+every bid lost. The sign is *correlated* lateness: most of the campaigns that usually
+answer well within the ping phase answering far later than they usually do, on the same
+lead. Each campaign's usual (median) latency is learnt; one buyer slowing down or going away is
+not that sign (it is a minority of the lead's campaigns), a buyer slow by nature is not
+counted, and independent buyers' jitter rarely lines up on one lead. On that sign the cap
+is cut by a quarter (at most once a window, so one burst of late leads counts once);
+every lead that heard its buyers adds back ``1 / cap``, so the cap returns to
+``max_in_flight`` once the machine keeps up.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-# A campaign whose pings time out at least this often is slow by nature, not by us.
-USUAL_TIMEOUT_RATE = 0.5
-# How fast each campaign's timeout rate is learnt (per ping). Leads taken as congested
-# teach at a quarter of it, so a real outage of most buyers is learnt in seconds too.
-LEARN_RATE = 0.02
-CONGESTED_LEARN_RATE = LEARN_RATE / 4
+# Each campaign's usual latency is tracked as its median, by steps of 1% per ping (up when
+# a ping took longer, down when shorter): our own overload, which adds the same delay to
+# every answer, is cut long before the median follows it; a lasting outage of most buyers
+# (every ping a timeout) takes ~340 of their pings to be learnt as their nature.
+STEP = 1.01
 CUT = 0.75  # the cap is multiplied by this on a congested lead
 CUT_WINDOW_S = 0.25  # at most one cut in this long: about one ping phase
 # The cap never falls below this share of max_in_flight (nor below MIN_CAP): a lead
@@ -59,7 +60,7 @@ class Admission:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._last_cut = -CUT_WINDOW_S
-        self._timeout_rate: dict[str, float] = {}
+        self._typical_ms: dict[str, float] = {}
 
     @property
     def max_in_flight(self) -> int:
@@ -108,24 +109,31 @@ class Admission:
             return f"worker saturated (event loop {self.lag_ms:.0f} ms late)"
         return None
 
-    def heard(self, pings: Iterable[tuple[str, bool]]) -> bool:
-        """After a lead's ping phase, each ``(campaign id, timed out)`` it sent: adapt the
-        cap. Returns whether the lead looked congested (no pings: nothing is learnt)."""
+    def heard(self, pings: Iterable[tuple[str, float | None]], late_ms: float) -> bool:
+        """After a lead's ping phase, each ``(campaign id, latency ms or None if it timed
+        out)`` it sent: adapt the cap. ``late_ms`` is half the ping phase: campaigns usually
+        slower than that are not counted, and a ping is late past twice its campaign's
+        usual latency plus half of ``late_ms``. Returns whether the lead was congested."""
         usual = late = 0
-        seen: list[tuple[str, bool]] = []
-        rates = self._timeout_rate
-        for campaign_id, timed_out in pings:
-            seen.append((campaign_id, timed_out))
-            if rates.get(campaign_id, 0.0) < USUAL_TIMEOUT_RATE:
+        seen: list[tuple[str, float]] = []
+        typical = self._typical_ms
+        slack = late_ms / 2
+        for campaign_id, latency in pings:
+            ms = 2 * late_ms if latency is None else latency
+            seen.append((campaign_id, ms))
+            usual_ms = typical.get(campaign_id)
+            if usual_ms is not None and usual_ms < late_ms:
                 usual += 1
-                late += timed_out
+                late += latency is None or latency > 2 * usual_ms + slack
         if not seen:
             return False
         congested = usual >= 2 and 2 * late > usual
-        learn = CONGESTED_LEARN_RATE if congested else LEARN_RATE
-        for campaign_id, timed_out in seen:
-            rate = rates.get(campaign_id, 0.0)
-            rates[campaign_id] = rate + (timed_out - rate) * learn
+        for campaign_id, ms in seen:
+            usual_ms = typical.get(campaign_id)
+            if usual_ms is None:
+                typical[campaign_id] = ms
+            else:
+                typical[campaign_id] = usual_ms * STEP if ms > usual_ms else usual_ms / STEP
         if congested:
             now = self._clock()
             if now - self._last_cut >= CUT_WINDOW_S:

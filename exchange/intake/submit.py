@@ -190,7 +190,7 @@ async def _run(
             )
         else:
             outcome = await sell(rt.auction, catalog, publisher, lead, deadline, progress)
-            _heard(rt, outcome)
+            _heard(rt, outcome, catalog.settings.tmax_ms / 2)
     duration_ms = round(deadline.elapsed_ms())
     answer = _answer(lead, outcome)
     try:
@@ -221,11 +221,12 @@ async def _run(
     return answer
 
 
-def _heard(rt: Runtime, outcome: Outcome) -> None:
-    """Tell admission whether this lead heard its buyers in time (its cap adapts)."""
+def _heard(rt: Runtime, outcome: Outcome, late_ms: float) -> None:
+    """Tell admission whether this lead heard its buyers in time (its cap adapts), judged
+    against half of tmax: a saturated machine is caught before its leads lose every bid."""
     admission = rt.admission
     cuts = admission.cuts
-    admission.heard(outcome.pings())
+    admission.heard(outcome.pings(), late_ms)
     record.admission_cap(admission.cap, admission.cuts != cuts)
 
 

@@ -31,9 +31,12 @@ async def test_excess_leads_are_refused_at_once_with_retry_after(market: OpenMar
 async def test_leads_whose_buyers_all_answer_too_late_cut_the_cap(market: OpenMarket) -> None:
     """Every usually-timely buyer timing out on one lead is the sign of a saturated
     machine: the worker admits fewer leads until its leads hear their buyers again."""
-    late = [Buyer(f"late{i}", f"secret-late-{i}", price=20, delay_s=0.6) for i in range(3)]
+    late = [Buyer(f"late{i}", f"secret-late-{i}", price=20) for i in range(3)]
     m = await market(*late, settings={"max_leads_in_flight": 8})
     cuts_before = await _metric(m, "exchange_admission_cuts_total")
+    assert (await m.ex.submit(lead_body())).json()["status"] == "sold"  # learnt: prompt
+    for buyer in late:
+        buyer.delay_s = 0.6  # past their timeout: every bid is lost
     first = await m.ex.submit(lead_body())
     assert first.json()["status"] == "unsold"
     assert m.ex.runtime.admission.cap == 6  # 8 cut by a quarter
@@ -46,7 +49,7 @@ async def test_leads_whose_buyers_all_answer_too_late_cut_the_cap(market: OpenMa
             assert resp.headers["retry-after"] == "1"
             assert ms < 150, ms
     # The refused leads reached no buyer.
-    assert m.pings_seen() == {b.buyer_id: 7 for b in late}
+    assert m.pings_seen() == {b.buyer_id: 8 for b in late}
     # Metrics are per process, shared by every test in it: the cuts are counted as a delta.
     assert await _metric(m, "exchange_admission_cuts_total") == cuts_before + 2
     assert await _metric(m, "exchange_admission_cap") == 4  # 6 cut again by the burst
