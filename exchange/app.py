@@ -18,6 +18,7 @@ from exchange import __version__
 from exchange.api import admin, health, operators, publishers, reports
 from exchange.api.problems import http_exception_handler, validation_exception_handler
 from exchange.catalog import Catalog
+from exchange.observability import record
 from exchange.observability.http import PrometheusMiddleware
 from exchange.observability.looplag import start_loop_lag_monitor, stop_loop_lag_monitor
 from exchange.observability.metrics import record_deadlines, sample_db_pool
@@ -37,7 +38,10 @@ def create_app(settings: AppSettings, catalog: Catalog | None = None) -> FastAPI
         record_deadlines(
             tmax_ms=s.tmax_ms, post_timeout_ms=s.post_timeout_ms, deadline_ms=s.deadline_ms
         )
-        lag = start_loop_lag_monitor(samplers=[lambda: sample_db_pool(rt.pool)])
+        # Pull-style gauges, fresh every tick: the pool and the admission cap (which the
+        # lead path changes, sometimes every lead, and may restore on a refusal).
+        samplers = [lambda: sample_db_pool(rt.pool), lambda: record.admission_cap(rt.admission)]
+        lag = start_loop_lag_monitor(samplers=samplers)
         _reload_on_sighup(rt)
         # Everything loaded at start-up lives forever: keep the collector off it, and
         # collect less often, which cut p99 overhead about in half (DESIGN §Measured here).

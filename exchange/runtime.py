@@ -102,7 +102,6 @@ class Runtime:
             catalog.settings.max_leads_in_flight, catalog.settings.max_loop_lag_ms
         )
         rt.admission.start()
-        record.admission_cap(rt.admission.cap, cut=False)
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
         rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))
         return rt
@@ -125,7 +124,7 @@ class Runtime:
         self.catalog = catalog
         self.admission.max_in_flight = catalog.settings.max_leads_in_flight
         self.admission.max_lag_ms = catalog.settings.max_loop_lag_ms
-        record.admission_cap(self.admission.cap, cut=False)
+        self.admission.keep_only(catalog.buyers)
 
     async def reload(self) -> int:
         """Load and validate the config dir, swap it in here, and publish it to the others.

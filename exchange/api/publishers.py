@@ -47,17 +47,19 @@ async def post_lead(request: Request) -> Response:
     refused = await _gate(rt, publisher)
     if refused is not None:
         return refused
-    limit = rt.catalog.settings.max_body_bytes
-    raw = await _read_body(request, limit)
-    if raw is None:
-        return problem(413, "Request too large", f"the body is limited to {limit} bytes")
-    idem = request.headers.get("idempotency-key")
-    if idem is not None and not 1 <= len(idem) <= 128:
-        return problem(400, "Bad request", "Idempotency-Key must be 1-128 characters")
+    # The slot is taken at once, before the body is read: leads that passed the gate
+    # together must not all fit under the same cap.
     admission = rt.admission
     admission.in_flight += 1
     record.in_flight(admission.in_flight)
     try:
+        limit = rt.catalog.settings.max_body_bytes
+        raw = await _read_body(request, limit)
+        if raw is None:
+            return problem(413, "Request too large", f"the body is limited to {limit} bytes")
+        idem = request.headers.get("idempotency-key")
+        if idem is not None and not 1 <= len(idem) <= 128:
+            return problem(400, "Bad request", "Idempotency-Key must be 1-128 characters")
         answer = await submit_lead(rt, publisher, raw, idem, arrival)
     except Invalid as exc:
         return problem(422, "Invalid lead", "the lead has invalid fields", errors=exc.errors)

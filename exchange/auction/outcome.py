@@ -67,10 +67,13 @@ class Outcome:
         return sum(s.price_cents for s in self.sales)
 
     def pings(self) -> Iterator[tuple[str, float | None]]:
-        """Each campaign pinged, and how long its answer took (None: it timed out)."""
+        """The buyer of each campaign pinged and how long its answer took (None: it timed
+        out); a ping that failed before it was timed says nothing and is left out."""
         for c in self.campaigns:
-            if c.outcome in PINGED:
-                yield c.campaign_id, None if c.outcome == Reason.TIMEOUT else c.latency_ms
+            if c.outcome == Reason.TIMEOUT:
+                yield c.buyer_id, None
+            elif c.outcome in PINGED and c.latency_ms is not None:
+                yield c.buyer_id, c.latency_ms
 
 
 @dataclass(slots=True)

@@ -190,7 +190,6 @@ async def _run(
             )
         else:
             outcome = await sell(rt.auction, catalog, publisher, lead, deadline, progress)
-            _heard(rt, outcome, catalog.settings.tmax_ms / 2)
     duration_ms = round(deadline.elapsed_ms())
     answer = _answer(lead, outcome)
     try:
@@ -205,6 +204,8 @@ async def _run(
             log_held(lead, outcome.posts)
             outcome = dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
             answer = _answer(lead, outcome)
+    if outcome.campaigns and not lead.test:  # a test lead's sandbox buyers say nothing
+        _heard(rt, outcome, catalog.settings.tmax_ms)
     record.lead_done(lead, outcome, duration_ms / 1000)
     log.info(
         "lead answered",
@@ -221,13 +222,13 @@ async def _run(
     return answer
 
 
-def _heard(rt: Runtime, outcome: Outcome, late_ms: float) -> None:
-    """Tell admission whether this lead heard its buyers in time (its cap adapts), judged
-    against half of tmax: a saturated machine is caught before its leads lose every bid."""
+def _heard(rt: Runtime, outcome: Outcome, tmax_ms: int) -> None:
+    """Tell admission whether this lead heard its buyers in time (its cap adapts)."""
     admission = rt.admission
     cuts = admission.cuts
-    admission.heard(outcome.pings(), late_ms)
-    record.admission_cap(admission.cap, admission.cuts != cuts)
+    admission.heard(outcome.pings(), tmax_ms)
+    if admission.cuts != cuts:
+        record.admission_cut()
 
 
 def _answer(lead: Lead, outcome: Outcome) -> dict[str, Any]:

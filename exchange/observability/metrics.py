@@ -122,7 +122,8 @@ ADMISSION_CAP = Gauge(
 )
 ADMISSION_CUTS = Counter(
     "exchange_admission_cuts_total",
-    "Times a worker cut its admission cap because most usually-timely buyers timed out at once.",
+    "Times a loaded worker cut its admission cap because most of a lead's usually prompt "
+    "buyers answered far later than usual, or not at all.",
 )
 LEADS_REFUSED = Counter(
     "exchange_leads_refused_total",

@@ -9,6 +9,7 @@ from typing import Any
 
 from exchange.auction.outcome import PINGED, Outcome
 from exchange.catalog import Target
+from exchange.intake.admission import Admission
 from exchange.intake.lead import Lead
 from exchange.observability.metrics import (
     ADMISSION_CAP,
@@ -120,10 +121,12 @@ def in_flight(count: int) -> None:
     LEADS_IN_FLIGHT.set(count)
 
 
-def admission_cap(cap: float, cut: bool) -> None:
-    ADMISSION_CAP.set(int(cap))
-    if cut:
-        ADMISSION_CUTS.inc()
+def admission_cap(admission: Admission) -> None:
+    ADMISSION_CAP.set(admission.limit)
+
+
+def admission_cut() -> None:
+    ADMISSION_CUTS.inc()
 
 
 def store_error(store: str, op: str) -> None:
