@@ -99,8 +99,11 @@ class Runtime:
         # Start from the files on disk, as of the latest published version.
         catalog.version = await rt.channel.version()
         rt.admission = Admission(
-            catalog.settings.max_leads_in_flight, catalog.settings.max_loop_lag_ms
+            catalog.settings.max_leads_in_flight,
+            catalog.settings.max_loop_lag_ms,
+            on_cut=record.admission_cut,
         )
+        rt.auction.judge = rt.admission  # its verdict on each lead also spares buyer health
         rt.admission.start()
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
         rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from exchange.auction.types import Reason
 from exchange.buyers.protocol import PingAnswer, ping_body, read_ping_answer
@@ -38,6 +38,23 @@ class PingResult:
     @property
     def outcome(self) -> Reason:
         return self.answer.outcome
+
+
+def ping_timings(results: Iterable[PingResult]) -> Iterator[tuple[str, float | None]]:
+    """The buyer of each ping and how long its answer took (None: it timed out); a ping
+    that failed before it was timed says nothing and is left out."""
+    for r in results:
+        if r.answer.outcome is Reason.TIMEOUT:
+            yield r.target.buyer.id, None
+        elif r.latency_ms is not None:
+            yield r.target.buyer.id, r.latency_ms
+
+
+class PingJudge(Protocol):
+    """Told each lead's ping timings; says whether they show this worker congested (its
+    buyers answering late because of us, not of them). Admission is the one in use."""
+
+    def heard(self, pings: Iterable[tuple[str, float | None]], tmax_ms: float) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

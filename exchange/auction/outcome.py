@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,15 +64,6 @@ class Outcome:
     @property
     def revenue_cents(self) -> int:
         return sum(s.price_cents for s in self.sales)
-
-    def pings(self) -> Iterator[tuple[str, float | None]]:
-        """The buyer of each campaign pinged and how long its answer took (None: it timed
-        out); a ping that failed before it was timed says nothing and is left out."""
-        for c in self.campaigns:
-            if c.outcome == Reason.TIMEOUT:
-                yield c.buyer_id, None
-            elif c.outcome in PINGED and c.latency_ms is not None:
-                yield c.buyer_id, c.latency_ms
 
 
 @dataclass(slots=True)

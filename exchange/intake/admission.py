@@ -20,6 +20,10 @@ answers it is not slowing down. When that sign repeats within a window of tmax (
 most once a window (one burst of late leads counts once), never below an eighth of
 ``max_in_flight`` or 4. Every other lead adds back ``1 / cap``, and a cap that still binds
 10 s after its last cut is restored whole.
+
+The auction asks for the verdict at the end of each lead's ping phase (``heard``, as the
+worker's ``PingJudge``), and buyer health ignores the timeouts of a congested lead: they
+are ours, and throttling healthy buyers for them turned overload into unsold leads.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Admission:
         tick_s: float = 0.02,
         *,
         clock: Clock = time.monotonic,
+        on_cut: Callable[[], None] = lambda: None,
     ) -> None:
         self.max_lag_ms = max_lag_ms
         self.in_flight = 0
@@ -64,6 +69,7 @@ class Admission:
         self._max_in_flight = max_in_flight
         self._tick = tick_s
         self._clock = clock
+        self._on_cut = on_cut
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._last_cut = -math.inf
@@ -172,6 +178,7 @@ class Admission:
             self._last_cut = now
             self._set_cap(self.cap * CUT)
             self.cuts += 1
+            self._on_cut()
         return True
 
     def keep_only(self, buyer_ids: Collection[str]) -> None:

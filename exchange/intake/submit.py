@@ -204,8 +204,6 @@ async def _run(
             log_held(lead, outcome.posts)
             outcome = dataclasses.replace(outcome, status="pending", reason=UNRECORDED, sales=[])
             answer = _answer(lead, outcome)
-    if outcome.campaigns and not lead.test:  # a test lead's sandbox buyers say nothing
-        _heard(rt, outcome, catalog.settings.tmax_ms)
     record.lead_done(lead, outcome, duration_ms / 1000)
     log.info(
         "lead answered",
@@ -220,15 +218,6 @@ async def _run(
         },
     )
     return answer
-
-
-def _heard(rt: Runtime, outcome: Outcome, tmax_ms: int) -> None:
-    """Tell admission whether this lead heard its buyers in time (its cap adapts)."""
-    admission = rt.admission
-    cuts = admission.cuts
-    admission.heard(outcome.pings(), tmax_ms)
-    if admission.cuts != cuts:
-        record.admission_cut()
 
 
 def _answer(lead: Lead, outcome: Outcome) -> dict[str, Any]:

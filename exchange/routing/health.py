@@ -5,6 +5,9 @@ whose recent pings mostly failed is *throttled*: it gets one probe ping per
 ``probe_every_s`` and is skipped otherwise (the caller records reason ``throttled``).
 After ``recover_after`` consecutive good answers it is healthy again, with a fresh window.
 
+Timeouts of a lead that the worker's admission judges congested are not recorded (see
+``auction/sell.py``): a saturated exchange must not throttle buyers for its own lateness.
+
 State is in memory per worker on purpose: the decision is on the hot path, needs no
 coordination to be correct, and each worker learns a dead buyer within ``min_samples``.
 

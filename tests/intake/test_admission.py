@@ -7,9 +7,11 @@ import math
 import random
 import time
 
-from exchange.auction.outcome import CampaignResult, Outcome
+from exchange.auction.fanout import PingResult, ping_timings
 from exchange.auction.types import Reason
+from exchange.buyers.protocol import PingAnswer
 from exchange.intake.admission import Admission
+from tests.routing.test_caps import make_target
 
 
 async def test_in_flight_cap() -> None:
@@ -86,6 +88,16 @@ def test_repeated_correlated_lateness_cuts_the_cap_once_a_window() -> None:
         admission.heard(lead(TEN), TMAX_MS)
         admission.heard(lead(TEN), TMAX_MS)
     assert admission.cap == 8 and admission.limit == 8
+
+
+def test_each_cut_is_reported() -> None:
+    cuts: list[int] = []
+    admission = Admission(8, max_lag_ms=100, clock=FakeClock(), on_cut=lambda: cuts.append(1))
+    admission.heard(lead(on_time=TEN), TMAX_MS)
+    admission.in_flight = 8
+    for _ in range(3):
+        admission.heard(lead(TEN), TMAX_MS)
+    assert cuts == [1] and admission.cuts == 1
 
 
 def test_a_few_congested_leads_among_many_cut_nothing() -> None:
@@ -259,27 +271,21 @@ def test_a_reload_forgets_buyers_no_longer_configured() -> None:
     assert admission.cuts == 0
 
 
-def test_an_outcome_names_the_buyer_of_each_ping_and_how_long_it_took() -> None:
-    def camp(cid: str, outcome: Reason, latency_ms: float | None) -> CampaignResult:
-        return CampaignResult(
-            f"p-{cid}", f"buyer-{cid}", cid, outcome, outcome, latency_ms=latency_ms
-        )
+def test_ping_timings_name_the_buyer_of_each_ping_and_how_long_it_took() -> None:
+    def result(buyer: str, outcome: Reason, latency_ms: float | None) -> PingResult:
+        target = make_target(campaign_id=f"c-{buyer}", buyer_id=buyer)
+        return PingResult(target, f"p-{buyer}", PingAnswer(outcome), latency_ms)
 
-    outcome = Outcome(
-        "sold",
-        campaigns=[
-            camp("fast", Reason.BID, 12.0),
-            camp("nobid", Reason.NO_BID, 149.9),
-            camp("hang", Reason.TIMEOUT, 300.2),
-            camp("broken", Reason.ERROR, 3.0),
-            camp("bug", Reason.ERROR, None),  # failed before it was timed: says nothing
-            camp("capped", Reason.CAPPED, None),  # never pinged
-            camp("fixed", Reason.FIXED_PRICE, None),
-        ],
-    )
-    assert list(outcome.pings()) == [
-        ("buyer-fast", 12.0),
-        ("buyer-nobid", 149.9),
-        ("buyer-hang", None),
-        ("buyer-broken", 3.0),
+    results = [
+        result("fast", Reason.BID, 12.0),
+        result("nobid", Reason.NO_BID, 149.9),
+        result("hang", Reason.TIMEOUT, 300.2),
+        result("broken", Reason.ERROR, 3.0),
+        result("bug", Reason.ERROR, None),  # failed before it was timed: says nothing
+    ]
+    assert list(ping_timings(results)) == [
+        ("fast", 12.0),
+        ("nobid", 149.9),
+        ("hang", None),
+        ("broken", 3.0),
     ]
