@@ -135,8 +135,9 @@ async def sell(
     pinged = await ping_all(deps.transport, requests, view, phase_ms) if requests else []
     auction_ms = deadline.elapsed_ms() - started
     # Timeouts on a lead that shows this worker congested are ours, not the buyers': they
-    # must not throttle healthy buyers (measured: 1,045 pings skipped in one overloaded
-    # 12 s run before this). A test lead's sandbox buyers say nothing about us.
+    # must not throttle healthy buyers (before this, 1,000-11,000 pings were skipped in a
+    # 12 s run at twice the sustained rate; loadtests/README). A test lead's sandbox
+    # buyers say nothing about us.
     congested = False
     if deps.judge is not None and pinged and not lead.test:
         congested = deps.judge.heard(ping_timings(pinged), settings.tmax_ms)
