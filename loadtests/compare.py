@@ -9,6 +9,7 @@ Usage::
 
     python -m loadtests.compare --before 1991968 --before-in-flight 256 --rate 500 --runs 2
     python -m loadtests.compare --before HEAD --workers 2 --rate 330 --runs 3  # overload
+    python -m loadtests.compare --before HEAD --cell 30x0ms --rate 120 --runs 3
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench import Options
+from loadtests.bench import MATRIX, Options
 from loadtests.probe import Prober, loop_runner
 from loadtests.procs import Proc
 from loadtests.stack import (
-    Cell,
     Timing,
     fresh_stores,
     start_exchange,
@@ -93,7 +93,8 @@ async def compare(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
         ("after", replace(base, max_leads_in_flight=args.after_in_flight)),
     ]
     rows: list[tuple[str, dict[str, Any]]] = []
-    with worktree(args.before) as tree, start_fleet_for(Cell("10x0ms", buyers=10), base) as fleet:
+    cell = next(c for c in MATRIX if c.name == args.cell)
+    with worktree(args.before) as tree, start_fleet_for(cell, base) as fleet:
         for _ in range(args.runs):
             for name, timing in sides:
                 code_dir = tree if name == "before" else None
@@ -114,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--workers", type=int, default=1, help="exchange workers (both sides)")
+    names = [c.name for c in MATRIX]
+    p.add_argument("--cell", choices=names, default=names[0], help="the buyer fleet")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--admin-dsn", default=os.environ.get("BENCH_ADMIN_DSN", Options.admin_dsn))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from loadtests import compare
 from loadtests.procs import Proc
-from loadtests.stack import Stores, start_exchange
+from loadtests.stack import Cell, Stores, Timing, start_exchange, start_fleet_for
 
 # An old commit, long before the admission-cap gauge: its /metrics cannot name it. (The
 # gauge is set at start-up, so it shows even in the 2-worker, multiprocess /metrics.)
@@ -31,6 +32,14 @@ async def test_before_runs_the_revision_and_after_runs_this_checkout(
         return proc
 
     monkeypatch.setattr(compare, "start_exchange", spy)
+    fleets: list[str] = []
+    real_fleet = start_fleet_for
+
+    def fleet_spy(cell: Cell, timing: Timing) -> AbstractContextManager[Proc]:
+        fleets.append(cell.name)
+        return real_fleet(cell, timing)
+
+    monkeypatch.setattr(compare, "start_fleet_for", fleet_spy)
     args = argparse.Namespace(
         before=WITHOUT_CAP_METRIC,
         before_in_flight=32,
@@ -39,12 +48,14 @@ async def test_before_runs_the_revision_and_after_runs_this_checkout(
         seconds=0.5,
         runs=1,
         workers=2,
+        cell="10x0ms+hang",
         admin_dsn=pg_admin_dsn,
         redis_url=redis_url,
     )
     rows = await compare.compare(args)
 
     assert [name for name, _ in rows] == ["before", "after"]
+    assert fleets == ["10x0ms+hang"]  # one fleet, the cell asked for, for both sides
     (before_dir, before_has_it, before_n), (after_dir, after_has_it, after_n) = started
     assert before_n == after_n == 2
     assert before_dir is not None and after_dir is None
