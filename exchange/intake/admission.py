@@ -8,7 +8,7 @@ refused with 503 instead of being queued past their deadline.
 And the cap itself adapts (AIMD, as TCP does with its window). When the machine is
 saturated rather than this worker's loop (several workers, Postgres and the buyers sharing
 the cores), the loop's lag stays modest while buyers' answers are read too late: measured
-on 2 workers at twice the sustained rate, 9-28% of the admitted leads went unsold with
+on 2 workers at twice the sustained rate, 8-34% of the admitted leads went unsold with
 every bid lost. The sign is *correlated* lateness on a loaded worker: at least half of its
 cap in use, and most of the lead's buyers that usually answer well within tmax (three at
 least, each counted once however many of its campaigns were pinged) answering far later
@@ -18,8 +18,8 @@ up on one lead; and an idle worker cuts nothing, since refusing leads cannot spe
 answers it is not slowing down. When that sign repeats within a window of tmax (at least
 250 ms) on two leads and a tenth of the window's leads, the cap is cut by a quarter, at
 most once a window (one burst of late leads counts once), never below an eighth of
-``max_in_flight`` or 4. Every other lead adds back ``1 / cap``, and a cap that still binds
-10 s after its last cut is restored whole.
+``max_in_flight`` or 4. Every other lead that pinged adds back ``1 / cap``, and a cap that
+still binds 10 s after its last cut is restored whole.
 
 The auction asks for the verdict at the end of each lead's ping phase (``heard``, as the
 worker's ``PingJudge``), and buyer health ignores the timeouts of a congested lead: they
