@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,9 +21,20 @@ class AppSettings(BaseSettings):
     migrate_on_start: bool = True
     log_level: str = "INFO"
     log_json: bool = True
-    db_pool_min: int = Field(2, ge=1)
+    # Connections open at start: a burst on a fresh worker used to wait while the pool
+    # grew from 2 (each new connection a connect plus its jsonb codec lookup), 100-200 ms
+    # of stalled leads at 300 leads/s (loadtests/README, tenth session).
+    db_pool_min: int = Field(8, ge=1)
     db_pool_max: int = Field(20, ge=1)
     idempotency_days: int = Field(30, ge=1, le=3650)
     # FastAPI's own OpenTelemetry hooks look the providers up on every request; metrics
     # are Prometheus here, so they stay off unless an operator wires OpenTelemetry in.
     otel: bool = False
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> AppSettings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(
+                f"db_pool_min ({self.db_pool_min}) must not exceed db_pool_max ({self.db_pool_max})"
+            )
+        return self
