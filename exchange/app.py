@@ -65,6 +65,8 @@ def create_app(settings: AppSettings, catalog: Catalog | None = None) -> FastAPI
     )
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    # The lead lane inside the metrics: add_middleware puts the last added outermost.
+    app.add_middleware(publishers.LeadLane)
     app.add_middleware(PrometheusMiddleware)
     for module in (publishers, operators, admin, reports, health):
         app.include_router(module.router)

@@ -1,5 +1,6 @@
-"""What a lead request skips: FastAPI's dependency solving, and OpenTelemetry lookups
-unless an operator turns them on (both cost CPU on every lead, see loadtests/README)."""
+"""What a lead request skips: FastAPI's dependency solving, its router and per-request
+middleware, and OpenTelemetry lookups unless an operator turns them on (all cost CPU on
+every lead, see loadtests/README)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
+import starlette.routing
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 
 from exchange.app import create_app
 from exchange.catalog import Catalog
@@ -55,6 +58,36 @@ async def test_lead_route_skips_dependency_solving_and_stays_documented(
     assert solved() > 0  # the counter sees the routes that do solve dependencies
     spec = (await m.ex.client.get("/openapi.json")).json()
     assert spec["paths"]["/v1/leads"]["post"]["tags"] == ["publishers"]
+
+
+async def test_a_lead_goes_past_the_router_and_everything_else_through_it(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routed = _count_calls(monkeypatch, starlette.routing.Router, "__call__")
+    m = await market(Buyer("acme", "secret-acme-1", price=20))
+    at_start = routed()  # the lifespan's start-up goes through the router
+    sold_before, invalid_before = _lead_requests("200"), _lead_requests("422")
+
+    resp = await m.ex.submit(make_lead())
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "sold"
+    bad = await m.ex.submit({"vertical": "auto_insurance"})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    assert routed() == at_start
+    # Any other method or path on it is the router's: 405 names the allowed method.
+    wrong = await m.ex.client.get("/v1/leads")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert routed() == at_start + 1
+    # The metrics middleware outside the lane still labels leads by their route.
+    assert _lead_requests("200") == sold_before + 1
+    assert _lead_requests("422") == invalid_before + 1
+
+
+def _lead_requests(status: str) -> float:
+    labels = {"route": "/v1/leads", "method": "POST", "status": status}
+    return REGISTRY.get_sample_value("exchange_http_requests_total", labels) or 0.0
 
 
 @pytest.mark.parametrize(("otel", "consulted"), [(False, False), (True, True)])
