@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Coroutine
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -81,9 +82,18 @@ async def post_lead(request: Request) -> Response:
 
 
 async def _gate(rt: Runtime, publisher: Publisher) -> Response | None:
-    """A 429 or 503 when the lead must be refused before any work, else None."""
-    settings = rt.catalog.settings
-    rate = RateLimitItemPerSecond(publisher.rate_per_second or settings.publisher_rate_per_second)
+    """A 503 or 429 when the lead must be refused before any work, else None.
+
+    Overload first: a lead the worker cannot take must not spend its publisher's rate
+    (a publisher retrying after our 503 would hear 429), and under overload, when half the
+    requests are refused, the cheapest refusal leaves the most CPU to the leads admitted.
+    """
+    refusal = rt.admission.refusal()
+    if refusal is not None:
+        # Refuse at once rather than queue: queued leads would all miss their deadline.
+        record.refused("overload")
+        return problem(503, "Service unavailable", refusal, headers=_RETRY)
+    rate = _per_second(publisher.rate_per_second or rt.catalog.settings.publisher_rate_per_second)
     if not await rt.limiter.hit(rate, publisher.id):
         reset = (await rt.limiter.get_window_stats(rate, publisher.id)).reset_time
         record.refused("rate_limited")
@@ -91,12 +101,13 @@ async def _gate(rt: Runtime, publisher: Publisher) -> Response | None:
         return problem(
             429, "Too many requests", "publisher rate limit", headers={"Retry-After": retry}
         )
-    refusal = rt.admission.refusal()
-    if refusal is not None:
-        # Refuse at once rather than queue: queued leads would all miss their deadline.
-        record.refused("overload")
-        return problem(503, "Service unavailable", refusal, headers=_RETRY)
     return None
+
+
+@lru_cache(maxsize=256)
+def _per_second(amount: int) -> RateLimitItemPerSecond:
+    # Immutable once made; a handful of distinct rates exist per catalog.
+    return RateLimitItemPerSecond(amount)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

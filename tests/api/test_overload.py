@@ -68,3 +68,34 @@ async def _metric(m: Market, name: str) -> float:
     values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
     assert len(values) == 1, (name, text[:2000])
     return values[0]
+
+
+async def test_a_publisher_past_its_rate_hears_429_with_retry_after(market: OpenMarket) -> None:
+    m = await market(
+        Buyer("acme", "secret-acme-1", price=20), settings={"publisher_rate_per_second": 3}
+    )
+    replies = [await m.ex.submit(lead_body()) for _ in range(5)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 429, 429]
+    for resp in replies[3:]:
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert resp.json()["detail"] == "publisher rate limit"
+        assert 1 <= int(resp.headers["retry-after"]) <= 2
+    assert m.pings_seen() == {"acme": 3}  # the refused leads reached no buyer
+
+
+async def test_leads_refused_for_overload_spend_none_of_the_publishers_rate(
+    market: OpenMarket,
+) -> None:
+    m = await market(
+        Buyer("slowbid", "secret-slow-1", price=20, delay_s=0.3),
+        settings={"publisher_rate_per_second": 3, "max_leads_in_flight": 1},
+    )
+    first = asyncio.create_task(m.ex.submit(lead_body()))
+    while m.ex.runtime.admission.in_flight == 0:
+        await asyncio.sleep(0.005)
+    refused = [await m.ex.submit(lead_body()) for _ in range(4)]
+    assert [r.status_code for r in refused] == [503] * 4
+    assert (await first).status_code == 200
+    # 1 lead run + 4 refused: had the refusals counted, the rate (3 a second) was spent.
+    later = [await m.ex.submit(lead_body()) for _ in range(2)]  # one at a time: cap 1
+    assert [r.status_code for r in later] == [200, 200], [r.text for r in later]
