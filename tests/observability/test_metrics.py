@@ -70,7 +70,17 @@ def test_histograms_use_the_deadline_buckets() -> None:
     assert len(histograms) == 7  # every one is checked below
     for histogram in histograms:
         assert histogram._upper_bounds[:-1] == list(metrics.LATENCY_BUCKETS)
-    assert metrics.LATENCY_BUCKETS[0] == 0.005 and metrics.LATENCY_BUCKETS[-1] == 5.0
+    assert metrics.LATENCY_BUCKETS[0] == 0.0005 and metrics.LATENCY_BUCKETS[-1] == 5.0
+
+
+def test_store_and_lead_times_are_told_apart_below_five_ms() -> None:
+    # A Redis claim (~0.3 ms), a slow one (~2 ms) and a prompt lead (~4 ms) must land in
+    # different buckets, or Grafana's quantiles are guesses inside the first one.
+    child = metrics.STORE_DURATION.labels(store="redis", op="bucket-probe")
+    for seconds in (0.0003, 0.002, 0.004):
+        child.observe(seconds)
+    per_bucket = dict(zip(metrics.LATENCY_BUCKETS, (b.get() for b in child._buckets)))
+    assert [per_bucket[le] for le in (0.0005, 0.001, 0.0025, 0.005, 0.01)] == [1, 0, 1, 1, 0]
 
 
 def test_single_process_render_shows_recorded_values() -> None:
