@@ -7,6 +7,7 @@ that, and each post ``min(post_timeout_ms, what is left)``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ from exchange.catalog import Catalog, Target
 from exchange.catalog.models import Publisher, Vertical
 from exchange.intake.lead import Lead
 from exchange.money import share_of
-from exchange.routing.caps import CapStore, Reservation
-from exchange.routing.eligibility import screen
+from exchange.routing.caps import CapStore, Reservation, limits_of
+from exchange.routing.eligibility import Eligibility, screen
 from exchange.routing.health import BuyerHealth
 from exchange.routing.weights import pick_first
 from exchange.transport import Transport
@@ -75,6 +76,28 @@ class _State:
         return not self.stopped and len(self.holders) < self.rules.max_sells
 
 
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """Who may be pinged (no I/O) and the read of their caps, begun before the lead's
+    claim is settled: the read then costs no round trip of its own on the lead's path."""
+
+    now: datetime
+    screened: Eligibility
+    capped: asyncio.Future[set[str]] | None  # None: no campaign here has a cap to read
+
+
+def begin_screening(deps: AuctionDeps, catalog: Catalog, lead: Lead) -> Screening:
+    """Screen the lead's campaigns and start reading their caps (one pipelined MGET)."""
+    now = datetime.now(UTC)
+    candidates = catalog.by_vertical.get(lead.vertical, ())
+    screened = screen(candidates, lead, now, deps.paused)
+    capped = None
+    if any(limits_of(t.campaign.caps) for t in screened.eligible):
+        floor = catalog.verticals[lead.vertical].floor
+        capped = asyncio.ensure_future(deps.caps.capped(screened.eligible, now, floor))
+    return Screening(now, screened, capped)
+
+
 async def sell(
     deps: AuctionDeps,
     catalog: Catalog,
@@ -82,22 +105,22 @@ async def sell(
     lead: Lead,
     deadline: Deadline,
     progress: Progress | None = None,
+    screening: Screening | None = None,
 ) -> Outcome:
+    """Run the lead's auction; ``screening`` is :func:`begin_screening`'s, begun earlier
+    with this catalog (None: screen now)."""
     vertical = catalog.verticals[lead.vertical]
     settings = catalog.settings
-    now = datetime.now(UTC)
+    if screening is None:
+        screening = begin_screening(deps, catalog, lead)
+    now, screened = screening.now, screening.screened
     rules = RankRules(vertical.mode, vertical.floor, vertical.pricing, vertical.max_sells)
     candidates = catalog.by_vertical.get(lead.vertical, ())
     state = _State(lead, vertical, rules, {}, PingIds(len(candidates)), progress or Progress())
     state.posts = state.progress.posts  # so a failure later in the auction still knows them
-    screened = screen(candidates, lead, now, deps.paused)
     for ex in screened.excluded:
         _note(state, ex.target, ex.reason, ex.reason, detail=ex.detail)
-    capped = (
-        await deps.caps.capped(screened.eligible, now, vertical.floor)
-        if screened.eligible
-        else set()
-    )
+    capped = await screening.capped if screening.capped is not None else set()
 
     reserve = min(settings.post_timeout_ms, settings.deadline_ms - settings.tmax_ms)
     phase_ms = min(float(settings.tmax_ms), deadline.remaining_ms() - reserve)

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from exchange.auction.deadline import Deadline
 from exchange.auction.outcome import Outcome, Progress
-from exchange.auction.sell import sell
+from exchange.auction.sell import Screening, begin_screening, sell
 from exchange.catalog import Catalog
 from exchange.catalog.models import Publisher
 from exchange.intake.guard import Claim, Dedupe
@@ -71,6 +71,28 @@ async def submit_lead(
     # The Postgres backstop is read only if this request turns out first, but it runs
     # beside the Redis claim: one round trip less on the path of every lead with an id.
     backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
+    # So does the read of its campaigns' caps, for a lead that can reach an auction (a
+    # repeat or a duplicate wastes that one read).
+    screening = begin_screening(rt.auction, catalog, lead) if _consented(lead) else None
+    try:
+        return await _claim_and_run(
+            rt, catalog, publisher, lead, keys, deadline, backstop, screening
+        )
+    finally:
+        if screening is not None:
+            _abandon(rt, screening.capped)  # a no-op once the auction has read it
+
+
+async def _claim_and_run(
+    rt: Runtime,
+    catalog: Catalog,
+    publisher: Publisher,
+    lead: Lead,
+    keys: list[str],
+    deadline: Deadline,
+    backstop: asyncio.Future[dict[str, Any] | None] | None,
+    screening: Screening | None,
+) -> Answer:
     try:
         # No Redis call without keys; with them, the phone and email are checked too.
         claiming = rt.guard.claim(keys, lead.lead_id, _dedupe_of(lead, catalog))
@@ -93,7 +115,7 @@ async def submit_lead(
                 if stored is not None:
                     rt.after_answer(_restore(rt, keys, lead, claim, stored))
                     return Answer(stored, repeat=True)
-            answer = await _run(rt, catalog, publisher, lead, deadline, progress, claim)
+            answer = await _run(rt, catalog, publisher, lead, deadline, progress, claim, screening)
         except BaseException as exc:
             held = await asyncio.shield(give_back(rt, keys, lead, progress))
             if held is not None and isinstance(exc, Exception):
@@ -111,9 +133,13 @@ def _dedupe_of(lead: Lead, catalog: Catalog) -> Dedupe | None:
     """What the lead's dedupe would take, or None when it is skipped: no consent (rejected
     before dedupe, so a consented retry is not its duplicate) or dedupe off."""
     days = catalog.verticals[lead.vertical].dedupe_days
-    if days <= 0 or lead.consent.get("tcpa") is not True:
+    if days <= 0 or not _consented(lead):
         return None
     return Dedupe(lead.vertical, lead.phone, lead.email, days, lead.test)
+
+
+def _consented(lead: Lead) -> bool:
+    return lead.consent.get("tcpa") is True
 
 
 def _abandon(rt: Runtime, task: asyncio.Future[Any] | None) -> None:
@@ -169,10 +195,11 @@ async def _run(
     deadline: Deadline,
     progress: Progress,
     claim: Claim,
+    screening: Screening | None,
 ) -> dict[str, Any]:
     # One catalog for the whole lead: a reload mid-lead must not mix two configs.
     vertical = catalog.verticals[lead.vertical]
-    if lead.consent.get("tcpa") is not True:
+    if screening is None:  # no consent: it never reaches an auction
         outcome = Outcome("rejected", "consent.tcpa must be true: no consent, no sale")
     else:
         if claim.deduped:
@@ -189,7 +216,9 @@ async def _run(
                 f"same phone or email as lead {earlier} within {vertical.dedupe_days} days",
             )
         else:
-            outcome = await sell(rt.auction, catalog, publisher, lead, deadline, progress)
+            outcome = await sell(
+                rt.auction, catalog, publisher, lead, deadline, progress, screening
+            )
     duration_ms = round(deadline.elapsed_ms())
     answer = _answer(lead, outcome)
     try:

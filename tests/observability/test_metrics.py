@@ -79,7 +79,8 @@ def test_store_and_lead_times_are_told_apart_below_five_ms() -> None:
     child = metrics.STORE_DURATION.labels(store="redis", op="bucket-probe")
     for seconds in (0.0003, 0.002, 0.004):
         child.observe(seconds)
-    per_bucket = dict(zip(metrics.LATENCY_BUCKETS, (b.get() for b in child._buckets)))
+    bounds = (*metrics.LATENCY_BUCKETS, float("inf"))
+    per_bucket = dict(zip(bounds, (b.get() for b in child._buckets), strict=True))
     assert [per_bucket[le] for le in (0.0005, 0.001, 0.0025, 0.005, 0.01)] == [1, 0, 1, 1, 0]
 
 

@@ -1,0 +1,82 @@
+"""What a lead waits for before its pings: the Redis claim, with the read of its campaigns'
+caps beside it rather than after it (one round trip less for every capped lead)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import OpenMarket
+from tests.kit.buyers import Buyer
+from tests.kit.exchange import buyer_entry, campaign, lead_body
+
+DELAY_S = 0.15  # each store call is held this long: in turn they would take twice that
+
+
+def _capped(buyer: Buyer) -> dict[str, Any]:
+    return buyer_entry(buyer, [campaign(buyer, caps={"daily": 5})])
+
+
+async def test_the_caps_are_read_while_the_claim_runs(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = await market(Buyer("acme", "secret-acme-123", price=20), entry=_capped)
+    rt = m.ex.runtime
+    real_claim, real_capped = rt.guard.claim, rt.auction.caps.capped
+    seen: dict[str, float] = {}
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(DELAY_S)
+        seen["claim_done"] = time.perf_counter()
+        return await real_claim(*args, **kwargs)
+
+    async def slow_capped(*args: Any, **kwargs: Any) -> Any:
+        seen["caps_started"] = time.perf_counter()
+        await asyncio.sleep(DELAY_S)
+        return await real_capped(*args, **kwargs)
+
+    monkeypatch.setattr(rt.guard, "claim", slow_claim)
+    monkeypatch.setattr(rt.auction.caps, "capped", slow_capped)
+    resp, took_ms = await m.timed_submit(lead_body())
+
+    assert resp.json()["status"] == "sold"
+    assert m.pings_seen() == {"acme": 1} and m.posts_seen() == {"acme": 1}
+    assert seen["caps_started"] < seen["claim_done"]
+    assert took_ms < 2 * DELAY_S * 1000 - 20, took_ms  # not one after the other
+
+
+async def test_a_capped_campaign_found_by_the_early_read_is_not_pinged(
+    market: OpenMarket,
+) -> None:
+    one = Buyer("acme", "secret-acme-123", price=20)
+    m = await market(one, entry=lambda b: buyer_entry(b, [campaign(b, caps={"daily": 1})]))
+    first = (await m.ex.submit(lead_body())).json()
+    second = (await m.ex.submit(lead_body())).json()
+    assert (first["status"], second["status"]) == ("sold", "unsold")
+    assert m.pings_seen() == {"acme": 1} and m.posts_seen() == {"acme": 1}
+    story = await m.ex.story(second["lead_id"])
+    assert [(p["campaign_id"], p["outcome"]) for p in story["pings"]] == [("acme-c", "capped")]
+
+
+async def test_a_lead_without_consent_reads_no_caps(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = await market(Buyer("acme", "secret-acme-123", price=20), entry=_capped)
+    caps = m.ex.runtime.auction.caps
+    real_capped = caps.capped
+    reads = 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_capped(*args, **kwargs)
+
+    monkeypatch.setattr(caps, "capped", counted)
+    body = lead_body()
+    body["consent"] = {**body["consent"], "tcpa": False}
+    answer = (await m.ex.submit(body)).json()
+    assert answer["status"] == "rejected" and reads == 0
+    assert m.pings_seen() == {"acme": 0}
