@@ -65,6 +65,7 @@ class OpenMarket(Protocol):
         entry: EntryFor = ...,
         vertical: dict[str, Any] | None = ...,
         settings: dict[str, Any] | None = ...,
+        more_verticals: dict[str, Any] | None = ...,
     ) -> Market: ...
 
 
@@ -81,10 +82,14 @@ async def market(
         entry: EntryFor = buyer_entry,
         vertical: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
+        more_verticals: dict[str, Any] | None = None,
     ) -> Market:
         for buyer in buyers:
             started.append(await buyer.start())
-        config = make_config([entry(b) for b in buyers], vertical=vertical, settings=settings)
+        entries = [entry(b) for b in buyers]
+        config = make_config(
+            entries, vertical=vertical, settings=settings, more_verticals=more_verticals
+        )
         ex = await start_exchange(config, pg_dsn, redis_url, redis_prefix)
         exchanges.append(ex)
         return Market(ex, {b.buyer_id: b for b in buyers}, pg_dsn, redis_client, redis_prefix)

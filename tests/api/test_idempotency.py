@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from exchange.intake.guard import DONE, PENDING
 from tests.api.conftest import Market, OpenMarket
 from tests.kit.buyers import Buyer
-from tests.kit.exchange import PUB2_KEY, lead_body
+from tests.kit.exchange import PUB2_KEY, buyer_entry, campaign, lead_body
 from tests.kit.records import count_rows
 
 
@@ -290,3 +290,48 @@ async def test_test_leads_do_not_collide_with_real_ones(market: OpenMarket) -> N
     assert again_real["status"] == "duplicate" and real["lead_id"] in again_real["reason"]
     assert again_test["status"] == "duplicate" and test_first["lead_id"] in again_test["reason"]
     assert m.pings_seen() == {"acme": 2, "bolt": 2}
+
+
+SOLAR = {
+    "solar": {
+        "max_sells": 1,
+        "floor": "2.00",
+        "dedupe_days": 30,
+        "fields": {"homeowner": {"type": "bool", "required": True, "ping": True}},
+    }
+}
+
+
+async def test_duplicates_are_per_vertical_and_across_publishers(market: OpenMarket) -> None:
+    """SPEC §2: the same phone or email *in this vertical* is a duplicate, whoever sends it;
+    in another vertical it is a new consumer need."""
+
+    def both(b: Buyer) -> dict[str, Any]:
+        return buyer_entry(b, [campaign(b), {"id": f"{b.buyer_id}-solar", "vertical": "solar"}])
+
+    m = await market(*_buyers(), entry=both, more_verticals=SOLAR)
+    phone = {"phone": "+14155550163"}
+
+    def solar() -> dict[str, Any]:
+        return _with_contact(lead_body(vertical="solar", profile={"homeowner": True}), **phone)
+
+    auto_first = (await m.ex.submit(_with_contact(lead_body(), **phone))).json()
+    solar_first = (await m.ex.submit(solar())).json()
+    assert (auto_first["status"], solar_first["status"]) == ("sold", "sold")
+
+    auto_again = (await m.ex.submit(_with_contact(lead_body(), **phone), PUB2_KEY)).json()
+    solar_again = (await m.ex.submit(solar(), PUB2_KEY)).json()
+    assert auto_again["status"] == "duplicate" and auto_first["lead_id"] in auto_again["reason"]
+    assert solar_again["status"] == "duplicate" and solar_first["lead_id"] in solar_again["reason"]
+    assert m.pings_seen() == {"acme": 2, "bolt": 2}  # one auction per vertical, no more
+
+
+async def test_the_dedupe_window_is_the_verticals_dedupe_days(market: OpenMarket) -> None:
+    m = await market(*_buyers(), vertical={"dedupe_days": 1})
+    first = (await m.ex.submit(lead_body())).json()
+    assert first["status"] == "sold"
+    keys = [k async for k in m.redis.scan_iter(match=f"{m.redis_prefix}dd:*")]
+    assert len(keys) == 2  # the phone and the email
+    for key in keys:
+        ttl = await m.redis.ttl(key)
+        assert 86_400 - 60 < ttl <= 86_400, (key, ttl)  # a day, not the default 30

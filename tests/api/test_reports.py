@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -178,6 +179,9 @@ async def move_to_earlier_days(dsn: str, days: dict[int, list[str]]) -> None:
         await conn.close()
 
 
+MONEY = re.compile(r"-?\d+\.\d{2}")
+
+
 def cents(money: str) -> int:
     return int(Decimal(money) * 100)
 
@@ -313,6 +317,9 @@ async def test_sales_report_rows_equal_the_raw_tables(played: tuple[Market, date
             assert len(rows) == len(got), f"a {group_by} appears twice"
             assert got == await expected_sales(conn, group_by, lo, hi), params
             for r in rows:
+                for name in ("revenue", "payout", "margin"):  # SPEC: decimal strings
+                    assert isinstance(r[name], str) and MONEY.fullmatch(r[name]), r
+                assert isinstance(r["leads"], int) and isinstance(r["sold"], int), r
                 assert cents(r["margin"]) == cents(r["revenue"]) - cents(r["payout"])
                 assert r["sell_through"] == (
                     round(r["sold"] / r["leads"], 4) if r["leads"] else 0.0

@@ -30,6 +30,8 @@ class Buyer:
     pings: list[dict[str, Any]] = field(default_factory=list)
     posts: list[dict[str, Any]] = field(default_factory=list)
     raw_pings: list[bytes] = field(default_factory=list)
+    # Every request as it came: (path, headers, raw body), to check the wire independently.
+    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     bad_signatures: int = 0
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -43,6 +45,7 @@ class Buyer:
         return f"http://127.0.0.1:{self.port}/post"
 
     def _check(self, request: web.Request, body: bytes) -> None:
+        self.received.append((request.path, dict(request.headers), body))
         ts = request.headers.get(TIMESTAMP_HEADER, "")
         sig = request.headers.get(SIGNATURE_HEADER, "")
         if not verify(self.secret, ts, body, sig):

@@ -66,6 +66,7 @@ def make_config(
     *,
     vertical: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
+    more_verticals: dict[str, Any] | None = None,
 ) -> Config:
     return Config.model_validate(
         {
@@ -88,7 +89,8 @@ def make_config(
                     "dedupe_days": 30,
                     "fields": AUTO_FIELDS,
                     **(vertical or {}),
-                }
+                },
+                **(more_verticals or {}),
             },
             "publishers": [
                 {"id": "pub-1", "api_key_sha256": sha(PUB_KEY), "payout": {"revshare": "0.70"}},
