@@ -72,6 +72,9 @@ class Timing:
     max_leads_in_flight: int = 64  # the exchange's default
     # High enough that the publisher rate limit never decides a benchmark.
     publisher_rate_per_second: int = 100_000
+    # A daily cap on every campaign, set high enough never to bind, so each lead reads its
+    # caps and reserves its sale in Redis as in production (None: uncapped, as the matrix).
+    daily_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def config_doc(fleet_ready: dict[str, Any], timing: Timing) -> dict[str, Any]:
             "post_url": urls["post_url"],
             # Each buyer may use the whole ping phase: a hanging one holds a lead for tmax.
             "timeout_ms": timing.tmax_ms,
-            "campaigns": [{"id": f"{buyer_id}-auto", "vertical": VERTICAL}],
+            "campaigns": [_campaign(buyer_id, timing)],
         }
         for buyer_id, urls in fleet_ready["buyers"].items()
     ]
@@ -151,6 +154,13 @@ def config_doc(fleet_ready: dict[str, Any], timing: Timing) -> dict[str, Any]:
         ],
         "buyers": buyers,
     }
+
+
+def _campaign(buyer_id: str, timing: Timing) -> dict[str, Any]:
+    campaign: dict[str, Any] = {"id": f"{buyer_id}-auto", "vertical": VERTICAL}
+    if timing.daily_cap is not None:
+        campaign["caps"] = {"daily": timing.daily_cap}
+    return campaign
 
 
 def write_config(directory: Path, fleet_ready: dict[str, Any], timing: Timing) -> Path:

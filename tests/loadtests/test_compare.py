@@ -49,6 +49,7 @@ async def test_before_runs_the_revision_and_after_runs_this_checkout(
         runs=1,
         workers=2,
         cell="10x0ms+hang",
+        daily_cap=None,
         admin_dsn=pg_admin_dsn,
         redis_url=redis_url,
     )

@@ -8,10 +8,12 @@ import aiohttp
 import orjson
 import pytest
 
+from exchange.catalog.loader import load_config
 from loadtests.buyer import sign_headers
 from loadtests.config import buyers_from_config, resolve_env
 from loadtests.fleet import specs_from_config, start_fleet
 from loadtests.procs import free_port
+from loadtests.stack import Timing, write_config
 
 SETTINGS = "settings: {tmax_ms: 200, post_timeout_ms: 900, deadline_ms: 3000}\n"
 
@@ -109,3 +111,22 @@ async def test_fleet_serves_the_configured_urls_and_checks_their_secrets(tmp_pat
         stats = fleet.stats()
     assert stats["acme"].pings == 1 and stats["slowpoke"].pings == 1
     assert stats["acme"].bad_signatures == 0 and stats["slowpoke"].bad_signatures == 0
+
+
+def test_a_bench_config_with_a_daily_cap_caps_every_campaign_and_loads(tmp_path: Path) -> None:
+    ready = {
+        "buyers": {
+            b: {
+                "ping_url": f"http://127.0.0.1:9/{b}/ping",
+                "post_url": f"http://127.0.0.1:9/{b}/post",
+            }
+            for b in ("b01", "b02")
+        }
+    }
+    capped = load_config(write_config(tmp_path / "capped", ready, Timing(daily_cap=1_000_000)))
+    plain = load_config(write_config(tmp_path / "plain", ready, Timing()))
+    assert [(c.id, c.caps.daily) for b in capped.buyers for c in b.campaigns] == [
+        ("b01-auto", 1_000_000),
+        ("b02-auto", 1_000_000),
+    ]
+    assert [c.caps.daily for b in plain.buyers for c in b.campaigns] == [None, None]
