@@ -74,3 +74,9 @@ class Progress:
     posted: bool = False
     saved: bool = False  # its record is in Postgres (set by intake)
     posts: list[PostResult] = field(default_factory=list)  # the auction's, as they happen
+    # When each phase ended, ms from arrival ("claimed", "pings_sent", "pinged", "posted"):
+    # saved with the lead, for operators asking where a slow answer's time went.
+    timeline: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, phase: str, elapsed_ms: float) -> None:
+        self.timeline[phase] = round(elapsed_ms, 1)

@@ -155,8 +155,10 @@ async def sell(
         lead.vertical, vertical.exclusive, lead.test, lead.state, lead.zip5, lead.ping_profile
     )
     started = deadline.elapsed_ms()
+    state.progress.mark("pings_sent", started)
     pinged = await ping_all(deps.transport, requests, view, phase_ms) if requests else []
     auction_ms = deadline.elapsed_ms() - started
+    state.progress.mark("pinged", started + auction_ms)
     # Timeouts on a lead that shows this worker congested are ours, not the buyers': they
     # must not throttle healthy buyers (before this, 1,000-11,000 pings were skipped in a
     # 12 s run at twice the sustained rate; loadtests/README). A test lead's sandbox
@@ -171,6 +173,8 @@ async def sell(
     for offer in ranking.below_floor:
         state.results[offer.campaign_id].reason = Reason.BELOW_FLOOR
     await _post_down_the_order(deps, catalog, publisher, state, ranking.groups, deadline, now)
+    if state.posts:
+        state.progress.mark("posted", deadline.elapsed_ms())
     return _finish(state, publisher, auction_ms)
 
 

@@ -115,6 +115,7 @@ async def _claim_and_run(
                 if stored is not None:
                     rt.after_answer(_restore(rt, keys, lead, claim, stored))
                     return Answer(stored, repeat=True)
+            progress.mark("claimed", deadline.elapsed_ms())
             answer = await _run(rt, catalog, publisher, lead, deadline, progress, claim, screening)
         except BaseException as exc:
             held = await asyncio.shield(give_back(rt, keys, lead, progress))
@@ -222,7 +223,7 @@ async def _run(
     duration_ms = round(deadline.elapsed_ms())
     answer = _answer(lead, outcome)
     try:
-        await _save(rt, lead, outcome, vertical.exclusive, duration_ms, answer)
+        await _save(rt, lead, outcome, vertical.exclusive, duration_ms, answer, progress.timeline)
         progress.saved = True
     except Exception:
         if await saved_anyway(rt, lead):  # it committed; only the reply was lost
@@ -268,13 +269,14 @@ async def _save(
     exclusive: bool,
     duration_ms: int,
     answer: dict[str, Any],
+    timeline: dict[str, float],
 ) -> None:
     """Record the lead and its story in one transaction; retried once on a lost connection,
     because a buyer may already hold the lead and the sale must not go unrecorded."""
     for attempt in (1, 2):
         try:
             # Timed with the wait for a pool connection, as Redis calls are with theirs.
-            saving = _save_once(rt, lead, outcome, exclusive, duration_ms, answer)
+            saving = _save_once(rt, lead, outcome, exclusive, duration_ms, answer, timeline)
             await _timed("postgres", "save", saving)
             return
         except (asyncpg.PostgresConnectionError, OSError):
@@ -291,10 +293,17 @@ async def _save_once(
     exclusive: bool,
     duration_ms: int,
     answer: dict[str, Any],
+    timeline: dict[str, float],
 ) -> None:
     async with rt.pool.acquire() as conn:
         await save_lead(
-            conn, lead, outcome, exclusive=exclusive, duration_ms=duration_ms, answer=answer
+            conn,
+            lead,
+            outcome,
+            exclusive=exclusive,
+            duration_ms=duration_ms,
+            answer=answer,
+            timeline=timeline,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -38,9 +39,10 @@ WITH ping_rows AS (
 ), lead_row AS (
     INSERT INTO leads (lead_id, publisher_id, external_id, idempotency_key, vertical, test,
                        status, reason, payout_cents, received_at, duration_ms, phone, email,
-                       state, zip, sub_id, contact, profile, consent, source, answer)
+                       state, zip, sub_id, contact, profile, consent, source, answer,
+                       timeline)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-            $19, $20, $25)
+            $19, $20, $25, $26)
 ), sale_rows AS (
     INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id, price_cents,
                        payout_cents, test, exclusive)
@@ -74,9 +76,10 @@ async def save_lead(
     exclusive: bool,
     duration_ms: int,
     answer: dict[str, Any],
+    timeline: Mapping[str, float] | None = None,
 ) -> None:
     """Insert the lead with its whole story and the publisher's ``answer``, atomically, in
-    one round trip.
+    one round trip. ``timeline``: when each phase ended, ms from arrival (None: unknown).
 
     Test leads keep their sale rows for the story, with no payout and no ledger rows.
     """
@@ -143,6 +146,7 @@ async def save_lead(
             for s in sales
         ],
         orjson.dumps(answer).decode(),
+        dict(timeline) if timeline else None,
     )
 
 
@@ -221,6 +225,7 @@ async def lead_story(conn: Conn, lead_id: uuid.UUID) -> dict[str, Any] | None:
         "received_at": _iso(lead["received_at"]),
         "answered_at": _iso(lead["answered_at"]),
         "duration_ms": lead["duration_ms"],
+        "timeline_ms": lead["timeline"],
         "contact": lead["contact"],
         "profile": lead["profile"],
         "consent": lead["consent"],

@@ -80,3 +80,33 @@ async def test_a_lead_without_consent_reads_no_caps(
     answer = (await m.ex.submit(body)).json()
     assert answer["status"] == "rejected" and reads == 0
     assert m.pings_seen() == {"acme": 0}
+
+
+async def test_the_story_shows_when_each_phase_of_the_lead_ended(
+    market: OpenMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator asking why an answer was slow: a 60 ms claim, 100 ms pings, a 50 ms post."""
+    m = await market(Buyer("acme", "secret-acme-123", price=20, delay_s=0.1, post_delay_s=0.05))
+    guard = m.ex.runtime.guard
+    real_claim = guard.claim
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.06)
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(guard, "claim", slow_claim)
+    answer = (await m.ex.submit(lead_body())).json()
+    assert answer["status"] == "sold"
+    story = await m.ex.story(answer["lead_id"])
+    t = story["timeline_ms"]
+    assert set(t) == {"claimed", "pings_sent", "pinged", "posted"}
+    assert 60 <= t["claimed"] <= t["pings_sent"] < t["pinged"] < t["posted"]
+    assert 100 <= t["pinged"] - t["pings_sent"] < 200, t
+    assert t["posted"] - t["pinged"] >= 50, t
+    assert t["posted"] <= story["duration_ms"] + 1  # duration is rounded to the ms
+
+    body = lead_body()
+    body["consent"] = {**body["consent"], "tcpa": False}
+    rejected = (await m.ex.submit(body)).json()
+    assert rejected["status"] == "rejected"
+    assert set((await m.ex.story(rejected["lead_id"]))["timeline_ms"]) == {"claimed"}
