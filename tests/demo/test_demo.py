@@ -98,3 +98,22 @@ def test_the_demo_says_which_config_is_missing(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"no config directory at {tmp_path / 'nope'}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_the_demo_shows_its_live_view(
+    pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: object
+) -> None:
+    """Without --no-live the demo draws its live tables (rich's last frame, off a TTY)."""
+    env = {
+        **os.environ,
+        "EXCHANGE_DATABASE_URL": pg_dsn,
+        "EXCHANGE_REDIS_URL": redis_url,
+        "EXCHANGE_REDIS_PREFIX": redis_prefix,
+    }
+    argv = [sys.executable, "-m", "exchange.cli", "demo", "--duration", "2", "--rate", "10"]
+    argv += ["--port", str(free_port())]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    live = proc.stdout.split("demo summary")[0]
+    assert "ping-post exchange — live" in live and "buyers" in live, proc.stdout[-3000:]
+    assert "demo summary" in proc.stdout
