@@ -81,8 +81,7 @@ class Screening:
     """Who may be pinged (no I/O) and the read of their caps, begun before the lead's
     claim is settled: the read then costs no round trip of its own on the lead's path."""
 
-    now: datetime
-    screened: Eligibility
+    screened: Eligibility  # against the time of screening (schedules, cap periods)
     capped: asyncio.Future[set[str]] | None  # None: no campaign here has a cap to read
 
 
@@ -95,7 +94,7 @@ def begin_screening(deps: AuctionDeps, catalog: Catalog, lead: Lead) -> Screenin
     if any(limits_of(t.campaign.caps) for t in screened.eligible):
         floor = catalog.verticals[lead.vertical].floor
         capped = asyncio.ensure_future(deps.caps.capped(screened.eligible, now, floor))
-    return Screening(now, screened, capped)
+    return Screening(screened, capped)
 
 
 async def sell(
@@ -113,7 +112,7 @@ async def sell(
     settings = catalog.settings
     if screening is None:
         screening = begin_screening(deps, catalog, lead)
-    now, screened = screening.now, screening.screened
+    screened = screening.screened
     rules = RankRules(vertical.mode, vertical.floor, vertical.pricing, vertical.max_sells)
     candidates = catalog.by_vertical.get(lead.vertical, ())
     state = _State(lead, vertical, rules, {}, PingIds(len(candidates)), progress or Progress())
@@ -155,10 +154,11 @@ async def sell(
         lead.vertical, vertical.exclusive, lead.test, lead.state, lead.zip5, lead.ping_profile
     )
     started = deadline.elapsed_ms()
-    state.progress.mark("pings_sent", started)
     pinged = await ping_all(deps.transport, requests, view, phase_ms) if requests else []
     auction_ms = deadline.elapsed_ms() - started
-    state.progress.mark("pinged", started + auction_ms)
+    if requests:
+        state.progress.mark("pings_sent", started)
+        state.progress.mark("pinged", started + auction_ms)
     # Timeouts on a lead that shows this worker congested are ours, not the buyers': they
     # must not throttle healthy buyers (before this, 1,000-11,000 pings were skipped in a
     # 12 s run at twice the sustained rate; loadtests/README). A test lead's sandbox
@@ -172,7 +172,10 @@ async def sell(
     ranking = rank(offers, rules)
     for offer in ranking.below_floor:
         state.results[offer.campaign_id].reason = Reason.BELOW_FLOOR
-    await _post_down_the_order(deps, catalog, publisher, state, ranking.groups, deadline, now)
+    # Reservations count in the period of the post, not of the screening: the claim (and
+    # a slow backstop read) came between them, perhaps across an hour or a day.
+    posted_at = datetime.now(UTC)
+    await _post_down_the_order(deps, catalog, publisher, state, ranking.groups, deadline, posted_at)
     if state.posts:
         state.progress.mark("posted", deadline.elapsed_ms())
     return _finish(state, publisher, auction_ms)

@@ -68,12 +68,13 @@ async def submit_lead(
         raw=raw,
     )
     keys = rt.guard.idempotency_keys(publisher.id, lead.external_id, idempotency_key)
-    # The Postgres backstop is read only if this request turns out first, but it runs
-    # beside the Redis claim: one round trip less on the path of every lead with an id.
-    backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
-    # So does the read of its campaigns' caps, for a lead that can reach an auction (a
-    # repeat or a duplicate wastes that one read).
+    # The read of its campaigns' caps runs beside the Redis claim, for a lead that can
+    # reach an auction (a repeat or a duplicate wastes that one read). Started first: if
+    # screening raises, no backstop read is left running unobserved.
     screening = begin_screening(rt.auction, catalog, lead) if _consented(lead) else None
+    # So does the Postgres backstop, read only if this request turns out first: one round
+    # trip less on the path of every lead with an id.
+    backstop = asyncio.ensure_future(_stored_answer(rt, lead)) if keys else None
     try:
         return await _claim_and_run(
             rt, catalog, publisher, lead, keys, deadline, backstop, screening
@@ -146,9 +147,13 @@ def _consented(lead: Lead) -> bool:
 def _abandon(rt: Runtime, task: asyncio.Future[Any] | None) -> None:
     """Let a backstop read finish unobserved (cancelling asyncpg mid-query costs more);
     the runtime still waits for it before closing the pool."""
-    if task is not None:
-        task.add_done_callback(_observe)
-        rt.track(task)
+    if task is None:
+        return
+    if task.done():  # already read (a sold lead's cap read): nothing left to wait for
+        _observe(task)
+        return
+    task.add_done_callback(_observe)
+    rt.track(task)
 
 
 def _observe(task: asyncio.Future[Any]) -> None:

@@ -110,3 +110,17 @@ async def test_the_story_shows_when_each_phase_of_the_lead_ended(
     rejected = (await m.ex.submit(body)).json()
     assert rejected["status"] == "rejected"
     assert set((await m.ex.story(rejected["lead_id"]))["timeline_ms"]) == {"claimed"}
+
+
+async def test_a_lead_sold_without_pings_has_no_ping_phase_in_its_timeline(
+    market: OpenMarket,
+) -> None:
+    dove = Buyer("dove", "secret-dove-123")
+    m = await market(
+        dove, entry=lambda b: buyer_entry(b, [campaign(b, price="9.00")], post_only=True)
+    )
+    answer = (await m.ex.submit(lead_body())).json()
+    assert answer["status"] == "sold" and dove.pings == [] and len(dove.posts) == 1
+    timeline = (await m.ex.story(answer["lead_id"]))["timeline_ms"]
+    assert set(timeline) == {"claimed", "posted"}
+    assert timeline["claimed"] <= timeline["posted"]
