@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.kit.buyers import Buyer
 from tests.kit.exchange import ADMIN, PUB_KEY, buyer_entry, campaign, free_port
+from tests.kit.procs import stop
 from tests.routing_e2e.conftest import StartBuyer
 from tests.routing_e2e.harness import config, lead, write_config_dir
 
@@ -73,12 +74,7 @@ def serve(
         try:
             yield f"http://127.0.0.1:{port}", proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def server_env(tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ import httpx
 
 from tests.kit.db import scratch_database
 from tests.kit.exchange import free_port
+from tests.kit.procs import stop
 from tests.routing_e2e.harness import config, write_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,12 +78,7 @@ async def _serve_until_up_or_gone(
                     await asyncio.sleep(0.1)
             raise AssertionError(f"serve neither answered nor exited:\n{log.read_text()[-2000:]}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 async def test_serve_migrates_a_blank_database_unless_told_not_to(
