@@ -15,8 +15,9 @@ from exchange.intake.lead import Lead
 from exchange.store.db import Conn
 
 # One statement, one round trip, one implicit transaction: the lead, one row per campaign
-# considered, its posts, its sales and their ledger rows land together or not at all.
-# Foreign keys are checked at the end of the statement, when the lead row exists. Rows go
+# considered, its posts, its sales and their ledger rows land together or not at all (so
+# ping and post rows need no foreign key: migration 0005). The sales' foreign key is
+# checked at the end of the statement, when the lead row exists. Rows go
 # as one jsonb array per table: ~40 µs less client CPU a lead than parallel arrays, whose
 # encoder runs ABC isinstance checks on every element (loadtests/README).
 _SAVE = """
