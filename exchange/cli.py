@@ -1,4 +1,4 @@
-"""``exchange serve | migrate | demo | check-config | reconcile-caps``."""
+"""``exchange serve | migrate | demo | check-config | reconcile-caps | restore-dedupe``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--config", type=Path, default=None)
     reconcile.add_argument("--data-dir", type=Path, default=None)
 
+    restore = sub.add_parser(
+        "restore-dedupe", help="put the phone and email dedupe keys back from Postgres"
+    )
+    restore.add_argument("--config", type=Path, default=None)
+    restore.add_argument("--data-dir", type=Path, default=None)
+
     demo = sub.add_parser("demo", help="the whole exchange on one machine, with simulated traffic")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
     demo.add_argument("--rate", type=float, default=20.0, help="leads per second")
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": _migrate,
         "check-config": _check_config,
         "reconcile-caps": _reconcile,
+        "restore-dedupe": _restore_dedupe,
         "demo": _demo,
     }[args.command]
     return handler(args)
@@ -169,6 +176,19 @@ def _reconcile(args: argparse.Namespace) -> int:
     resolve_stores(settings)
     written = asyncio.run(reconcile_caps(settings, Catalog.load(settings.config_dir)))
     print(f"cap counters rebuilt from Postgres: {written} key(s) written")
+    return 0
+
+
+def _restore_dedupe(args: argparse.Namespace) -> int:
+    from exchange.store.reconcile import restore_dedupe_keys
+
+    settings = _settings(args)
+    resolve_stores(settings)
+    written = asyncio.run(restore_dedupe_keys(settings, Catalog.load(settings.config_dir)))
+    if written is None:
+        print("another process is restoring the dedupe keys now; nothing done", file=sys.stderr)
+        return 1
+    print(f"dedupe keys restored from Postgres: {written} key(s) written")
     return 0
 
 

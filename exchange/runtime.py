@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from exchange.catalog import Catalog, ConfigError, load_config_texts, read_confi
 from exchange.catalog.channel import ConfigChannel
 from exchange.intake.admission import Admission
 from exchange.intake.guard import Guard
+from exchange.intake.restore import restore_dedupe, restore_needed
 from exchange.observability import record
 from exchange.routing.caps import CapStore
 from exchange.routing.geo import warm as warm_geo
@@ -95,6 +97,9 @@ class Runtime:
                 targets = list(catalog.targets.values())
                 written = await caps.rebuild(conn, targets, datetime.now(UTC))
             log.info("cap counters rebuilt from Postgres", extra={"keys": written})
+        # Not before the phone and email keys are back: a lead served sooner could be a
+        # duplicate sold as new. Later losses (Redis restarted under us) are watched for.
+        await rt.restore_dedupe_if_lost(wait=True)
         await rt.refresh_paused()
         # Start from the files on disk, as of the latest published version.
         catalog.version = await rt.channel.version()
@@ -107,6 +112,7 @@ class Runtime:
         rt.admission.start()
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
         rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))
+        rt._tasks.append(asyncio.create_task(rt._watch_dedupe_forever()))
         return rt
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -199,6 +205,37 @@ class Runtime:
             except (RedisError, OSError):
                 record.store_error("redis", "sample_caps")
             await asyncio.sleep(every_s)
+
+    async def restore_dedupe_if_lost(self, *, wait: bool = False) -> None:
+        """Put the cap counters and dedupe keys back from Postgres if this Redis lost them
+        (intake.restore). With ``wait``, wait out another worker's restore, not skip it."""
+        lane = self.lane or self.redis
+        prefix = self.settings.redis_prefix
+        while await restore_needed(lane, prefix):
+            async with self.pool.acquire() as conn:
+                now = datetime.now(UTC)
+                catalog = self.catalog
+                targets = list(catalog.targets.values())
+                caps = functools.partial(self.auction.caps.rebuild, conn, targets, now)
+                written = await restore_dedupe(
+                    conn, lane, self.guard, prefix, catalog.verticals, now, caps=caps
+                )
+            if written is not None:
+                log.info("dedupe keys restored from Postgres", extra={"keys": written})
+                return
+            if not wait:
+                return
+            await asyncio.sleep(0.5)
+
+    async def _watch_dedupe_forever(self, every_s: float = 5.0) -> None:
+        # A Redis restarted under a running exchange comes back empty: within seconds, its
+        # cap counters and the phone and email keys of the last dedupe_days are back.
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.restore_dedupe_if_lost()
+            except (asyncpg.PostgresError, OSError, RedisError):
+                log.warning("could not check or restore the dedupe keys", exc_info=True)
 
     async def close(self) -> None:
         self.admission.stop()

@@ -138,7 +138,7 @@ class Guard:
         if dedupe is None or dedupe.days <= 0:
             found = await self._claim(keys=keys, args=[pending, self._ttl])
             return Claim(first=True) if found is None else _read_claim(_as_bytes(found))
-        taken = self._dedupe_keys(dedupe.vertical, dedupe.phone, dedupe.email, dedupe.test)
+        taken = self.dedupe_keys(dedupe.vertical, dedupe.phone, dedupe.email, dedupe.test)
         args: list[str | bytes | int] = [
             len(keys),
             pending,
@@ -175,7 +175,7 @@ class Guard:
         """The earlier lead id if this phone or email was seen in the window; else claim them."""
         if days <= 0:
             return None
-        keys = self._dedupe_keys(vertical, phone, email, test)
+        keys = self.dedupe_keys(vertical, phone, email, test)
         found = await self._claim(keys=keys, args=[lead_id, days * 86400])
         return cast(bytes, found).decode() if found is not None else None
 
@@ -184,7 +184,7 @@ class Guard:
     ) -> None:
         """Give back the phone and email this lead claimed, if they are still its own: a lead
         that failed before any buyer saw it must not make its own retry a duplicate."""
-        keys = self._dedupe_keys(vertical, phone, email, test)
+        keys = self.dedupe_keys(vertical, phone, email, test)
         await self._release_own(keys=keys, args=[lead_id])
 
     async def hand_over_duplicate(
@@ -192,13 +192,16 @@ class Guard:
     ) -> None:
         """Point the phone and email ``from_id`` holds at ``to_id``: a repeat whose claim
         took them again after Redis lost its data hands them to the lead that has them."""
-        keys = self._dedupe_keys(vertical, phone, email, test)
+        keys = self.dedupe_keys(vertical, phone, email, test)
         await self._hand_over(keys=keys, args=[from_id, to_id])
 
-    def _dedupe_keys(self, vertical: str, phone: str, email: str | None, test: bool) -> list[str]:
+    def dedupe_keys(
+        self, vertical: str, phone: str | None, email: str | None, test: bool
+    ) -> list[str]:
+        """The keys a lead's phone and email take in its vertical (test leads apart)."""
         space = "test:" if test else ""
         base = f"{self._prefix}dd:{{{vertical}}}:{space}"
-        return [base + "p:" + phone] + ([base + "e:" + email] if email else [])
+        return ([base + "p:" + phone] if phone else []) + ([base + "e:" + email] if email else [])
 
 
 def _read_claim(raw: bytes) -> Claim:

@@ -1,4 +1,5 @@
-"""Rebuild Redis cap counters from Postgres, the truth (``exchange reconcile-caps``)."""
+"""Rebuild what Redis holds from Postgres, the truth: cap counters (``exchange
+reconcile-caps``) and dedupe keys (``exchange restore-dedupe``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import asyncpg
 from redis.asyncio import Redis
 
 from exchange.catalog import Catalog
+from exchange.intake.guard import Guard
+from exchange.intake.restore import restore_dedupe
 from exchange.routing.caps import CapStore
 from exchange.settings import AppSettings
+from exchange.store.redis_lane import lane_client
 
 
 async def reconcile_caps(settings: AppSettings, catalog: Catalog) -> int:
@@ -19,6 +23,21 @@ async def reconcile_caps(settings: AppSettings, catalog: Catalog) -> int:
     try:
         caps = CapStore(redis, settings.redis_prefix)
         return await caps.rebuild(conn, list(catalog.targets.values()), datetime.now(UTC))
+    finally:
+        await conn.close()
+        await redis.aclose()
+
+
+async def restore_dedupe_keys(settings: AppSettings, catalog: Catalog) -> int | None:
+    """``exchange restore-dedupe``: the keys written, or None when a worker is restoring."""
+    assert settings.database_url and settings.redis_url
+    redis = lane_client(settings.redis_url)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        prefix = settings.redis_prefix
+        guard = Guard(redis, prefix)
+        now = datetime.now(UTC)
+        return await restore_dedupe(conn, redis, guard, prefix, catalog.verticals, now)
     finally:
         await conn.close()
         await redis.aclose()
