@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from exchange.app import create_app
 from exchange.catalog import Catalog
 from exchange.catalog.models import Config
+from exchange.cli import KEEP_ALIVE_S
 from exchange.runtime import Runtime
 from exchange.settings import AppSettings
 from tests.kit.buyers import Buyer
@@ -211,7 +212,13 @@ async def start_exchange(
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=KEEP_ALIVE_S,  # as `exchange serve`: tests may idle 5 s
         )
     )
     task = asyncio.create_task(server.serve())

@@ -57,11 +57,39 @@ async def test_migrate_twice_applies_everything_once(pg_admin_dsn: str, redis_ur
         assert await _tables(dsn) == tables
 
 
+async def _answers_on_one_connection(host: str, port: int, idle_s: float) -> None:
+    """Two requests on one connection, ``idle_s`` apart: a publisher's pooled connection
+    must outlive a pause longer than uvicorn's default keep-alive (5 s), or its next lead
+    meets a connection closed under it, an error a POST cannot safely retry."""
+    reader, writer = await asyncio.open_connection(host, port)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    try:
+        for pause in (0.0, idle_s):
+            await asyncio.sleep(pause)
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
 async def _serve_until_up_or_gone(
-    env: dict[str, str], cwd: Path, log: Path, *flags: str, host: str = "127.0.0.1"
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+    *flags: str,
+    host: str = "127.0.0.1",
+    idle_s: float = 0.0,
 ) -> bool:
-    """Start ``serve`` in ``cwd``; True once it answers /healthz on ``host``, False if it
-    exits first."""
+    """Start ``serve`` in ``cwd``; True once it answers /healthz on ``host`` (and, with
+    ``idle_s``, again on one connection after that pause), False if it exits first."""
     port = free_port()
     argv = [sys.executable, "-m", "exchange.cli", "serve", "--port", str(port), *flags]
     with log.open("wb") as out:
@@ -74,6 +102,8 @@ async def _serve_until_up_or_gone(
                         return False
                     with contextlib.suppress(httpx.TransportError):
                         if (await client.get(f"http://{host}:{port}/healthz")).is_success:
+                            if idle_s:
+                                await _answers_on_one_connection(host, port, idle_s)
                             return True
                     await asyncio.sleep(0.1)
             raise AssertionError(f"serve neither answered nor exited:\n{log.read_text()[-2000:]}")
@@ -98,7 +128,7 @@ async def test_serve_migrates_a_blank_database_unless_told_not_to(
 
         # Another loopback address, so --host is seen to choose where it listens.
         up = await _serve_until_up_or_gone(
-            env, tmp_path, log, "--host", "127.0.0.2", host="127.0.0.2"
+            env, tmp_path, log, "--host", "127.0.0.2", host="127.0.0.2", idle_s=6.0
         )
         assert up, log.read_text()[-2000:]
         assert await _tables(dsn) >= CORE_TABLES
