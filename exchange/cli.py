@@ -1,4 +1,4 @@
-"""``exchange serve | migrate | demo | check-config | reconcile-caps | restore-dedupe``."""
+"""``exchange serve | migrate | demo | check-config | reconcile-caps | restore-redis``."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--data-dir", type=Path, default=None)
 
     restore = sub.add_parser(
-        "restore-dedupe", help="put the phone and email dedupe keys back from Postgres"
+        "restore-redis", help="put cap counters and dedupe keys back from Postgres"
     )
     restore.add_argument("--config", type=Path, default=None)
     restore.add_argument("--data-dir", type=Path, default=None)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": _migrate,
         "check-config": _check_config,
         "reconcile-caps": _reconcile,
-        "restore-dedupe": _restore_dedupe,
+        "restore-redis": _restore_redis,
         "demo": _demo,
     }[args.command]
     return handler(args)
@@ -186,16 +186,21 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore_dedupe(args: argparse.Namespace) -> int:
-    from exchange.store.reconcile import restore_dedupe_keys
+def _restore_redis(args: argparse.Namespace) -> int:
+    from exchange.intake.restore import RestoreInterrupted
+    from exchange.store.reconcile import restore_redis
 
     settings = _settings(args)
     resolve_stores(settings)
-    written = asyncio.run(restore_dedupe_keys(settings, Catalog.load(settings.config_dir)))
-    if written is None:
-        print("another process is restoring the dedupe keys now; nothing done", file=sys.stderr)
+    try:
+        written = asyncio.run(restore_redis(settings, Catalog.load(settings.config_dir)))
+    except RestoreInterrupted as exc:
+        print(f"restore cut short ({exc}): run it again", file=sys.stderr)
         return 1
-    print(f"dedupe keys restored from Postgres: {written} key(s) written")
+    if written is None:
+        print("another process is restoring Redis now; nothing done", file=sys.stderr)
+        return 1
+    print(f"cap counters raised and dedupe keys restored from Postgres: {written} key(s) written")
     return 0
 
 

@@ -18,11 +18,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from exchange.auction.sell import AuctionDeps
-from exchange.catalog import Catalog, ConfigError, load_config_texts, read_config_texts
+from exchange.catalog import Catalog, ConfigError, Target, load_config_texts, read_config_texts
 from exchange.catalog.channel import ConfigChannel
 from exchange.intake.admission import Admission
 from exchange.intake.guard import Guard
-from exchange.intake.restore import restore_dedupe, restore_needed
+from exchange.intake.restore import RestoreInterrupted, restore_dedupe, restore_needed
 from exchange.observability import record
 from exchange.routing.caps import CapStore
 from exchange.routing.geo import warm as warm_geo
@@ -99,7 +99,7 @@ class Runtime:
             log.info("cap counters rebuilt from Postgres", extra={"keys": written})
         # Not before the phone and email keys are back: a lead served sooner could be a
         # duplicate sold as new. Later losses (Redis restarted under us) are watched for.
-        await rt.restore_dedupe_if_lost(wait=True)
+        await rt.restore_redis_if_lost(wait=True)
         await rt.refresh_paused()
         # Start from the files on disk, as of the latest published version.
         catalog.version = await rt.channel.version()
@@ -112,7 +112,7 @@ class Runtime:
         rt.admission.start()
         rt._tasks.append(asyncio.create_task(rt._follow_others_forever()))
         rt._tasks.append(asyncio.create_task(rt._sample_gauges_forever()))
-        rt._tasks.append(asyncio.create_task(rt._watch_dedupe_forever()))
+        rt._tasks.append(asyncio.create_task(rt._watch_redis_forever()))
         return rt
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -206,20 +206,24 @@ class Runtime:
                 record.store_error("redis", "sample_caps")
             await asyncio.sleep(every_s)
 
-    async def restore_dedupe_if_lost(self, *, wait: bool = False) -> None:
+    async def restore_redis_if_lost(self, *, wait: bool = False) -> None:
         """Put the cap counters and dedupe keys back from Postgres if this Redis lost them
-        (intake.restore). With ``wait``, wait out another worker's restore, not skip it."""
+        (intake.restore). With ``wait``, wait out another worker's restore (or one cut
+        short by a second loss) instead of leaving it to the next check."""
         lane = self.lane or self.redis
         prefix = self.settings.redis_prefix
         while await restore_needed(lane, prefix):
-            async with self.pool.acquire() as conn:
-                now = datetime.now(UTC)
-                catalog = self.catalog
-                targets = list(catalog.targets.values())
-                caps = functools.partial(self.auction.caps.rebuild, conn, targets, now)
+            now = datetime.now(UTC)
+            catalog = self.catalog
+            caps = functools.partial(self._raise_caps, list(catalog.targets.values()), now)
+            try:
                 written = await restore_dedupe(
-                    conn, lane, self.guard, prefix, catalog.verticals, now, caps=caps
+                    self.pool, lane, self.guard, prefix, catalog.verticals, now, caps=caps
                 )
+            except RestoreInterrupted:
+                if not wait:
+                    raise
+                written = None
             if written is not None:
                 log.info("dedupe keys restored from Postgres", extra={"keys": written})
                 return
@@ -227,15 +231,20 @@ class Runtime:
                 return
             await asyncio.sleep(0.5)
 
-    async def _watch_dedupe_forever(self, every_s: float = 5.0) -> None:
+    async def _raise_caps(self, targets: list[Target], now: datetime) -> int:
+        # Raised only: under traffic, reservations taken since the loss may count more.
+        async with self.pool.acquire() as conn:
+            return await self.auction.caps.rebuild(conn, targets, now, only_raise=True)
+
+    async def _watch_redis_forever(self, every_s: float = 5.0) -> None:
         # A Redis restarted under a running exchange comes back empty: within seconds, its
         # cap counters and the phone and email keys of the last dedupe_days are back.
         while True:
             await asyncio.sleep(every_s)
             try:
-                await self.restore_dedupe_if_lost()
-            except (asyncpg.PostgresError, OSError, RedisError):
-                log.warning("could not check or restore the dedupe keys", exc_info=True)
+                await self.restore_redis_if_lost()
+            except Exception:  # any failure: log it, look again next time, never stop looking
+                log.warning("could not check or restore what Redis lost", exc_info=True)
 
     async def close(self) -> None:
         self.admission.stop()

@@ -8,43 +8,87 @@ oldest lead first and each set only if absent (``SET NX``): the lead that took a
 holds it again, for what is left of its window, and a key a live lead took meanwhile is
 never overwritten. That makes a restore safe with traffic running and safe to run twice.
 
-The cap counters went with the keys: the runtime has them rebuilt first, under the same
-lock (``caps``). A marker key says this Redis has its keys; it is set when a restore
+The cap counters went with the keys: the caller may have them rebuilt first, under the
+same lock (``caps``). A marker key says this Redis has its keys; it is set when a restore
 ends. Every exchange worker checks it at start (before it serves) and every few seconds
-after (``Runtime``), and ``exchange restore-dedupe`` runs a restore by hand. One worker
-restores at a time (a lock key with an expiry, in case that worker dies).
+after (``Runtime``), and ``exchange restore-redis`` runs a restore by hand. One worker
+restores at a time, under a lock key that it renews with every page and that expires if
+that worker dies. If the lock is gone mid-restore (Redis lost its data again), the
+restore stops without setting the marker, and the next check starts it over.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
 from exchange.catalog.models import Vertical
 from exchange.intake.guard import Guard
-from exchange.store.db import Conn
-from exchange.store.redis_lane import Arg, execute, pipeline
+from exchange.store.redis_lane import Arg, Lua, execute, pipeline
 
 log = logging.getLogger(__name__)
 
 MARK = "restored:dedupe"  # under the prefix (not dd:*, the keys): this Redis has them
 LOCK = "restoring:dedupe"  # under the prefix: held by the one worker restoring
-LOCK_TTL_S = 900  # a dead restorer's lock frees itself; a live one renews it per batch
-BATCH = 2000  # rows per cursor fetch, and about the SETs per pipeline
+LOCK_TTL_S = 60  # renewed with every page; a dead restorer's lock frees itself
+PAGE = 2000  # leads a page: one short query, one pipeline of their SETs
 
-# Each vertical's window, oldest first; the range on received_at lets leads_received serve.
-_KEY_HOLDERS = """
+# One page of the leads that hold keys, in (received_at, lead_id) order from a point:
+# keyset pages, so no transaction or cursor stays open while Redis is written (a window
+# can hold millions of leads). ``received_at >= $3`` lets leads_received serve the range.
+_PAGE_SQL = """
 SELECT l.lead_id, l.vertical, l.test, l.phone, l.email, l.received_at
 FROM leads l
 JOIN unnest($1::text[], $2::timestamptz[]) AS w(vertical, lo)
   ON l.vertical = w.vertical AND l.received_at >= w.lo
-WHERE l.received_at >= $3 AND l.status IN ('sold', 'unsold', 'pending')
+WHERE l.received_at >= $3 AND (l.received_at, l.lead_id) > ($3, $4)
+  AND l.status IN ('sold', 'unsold', 'pending')
 ORDER BY l.received_at, l.lead_id
+LIMIT $5
 """
+
+# KEYS[1]: the lock, ARGV[1]: our token, ARGV[2]: ttl. 1 if still ours (renewed), else 0.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: the lock, the marker; ARGV: our token, the marker's value. Sets the marker only
+# if the lock is still ours: a Redis lost again mid-restore must not be marked restored.
+_FINISH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1]: the lock, ARGV[1]: our token. Frees it only if it is still ours.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Rows(Protocol):
+    """Where pages are read: an asyncpg pool (a connection per page) or a connection."""
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+class RestoreInterrupted(Exception):
+    """The lock was lost mid-restore (Redis lost its data again, or the lock expired):
+    no marker was set, so the next check restores again."""
 
 
 async def restore_needed(redis: Redis, prefix: str) -> bool:
@@ -53,7 +97,7 @@ async def restore_needed(redis: Redis, prefix: str) -> bool:
 
 
 async def restore_dedupe(
-    conn: Conn,
+    db: Rows,
     redis: Redis,
     guard: Guard,
     prefix: str,
@@ -66,26 +110,29 @@ async def restore_dedupe(
 
     ``caps``, if given, rebuilds the cap counters first, under the same lock: a Redis that
     lost its dedupe keys lost its counters too (see README §When Redis loses its data)."""
-    token = f"{os.getpid()}:{now.timestamp()}"
-    if not await execute(redis, "SET", prefix + LOCK, token, "NX", "EX", LOCK_TTL_S):
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    lock, mark = prefix + LOCK, prefix + MARK
+    if not await execute(redis, "SET", lock, token, "NX", "EX", LOCK_TTL_S):
         return None
     try:
+        if not await restore_needed(redis, prefix):
+            return 0  # a restore that ended just before we took the lock
         if caps is not None:
             log.info("cap counters rebuilt from Postgres", extra={"keys": await caps()})
-        written = await _restore(conn, redis, guard, prefix, verticals, now)
-        await execute(redis, "SET", prefix + MARK, now.isoformat())
+        written = await _restore(db, redis, guard, prefix, token, verticals, now)
+        if not await Lua(redis, _FINISH)(keys=[lock, mark], args=[token, now.isoformat()]):
+            raise RestoreInterrupted("the restore lock was lost before the marker was set")
+        return written
     finally:
-        # Only our own lock: one that expired and went to another worker stays its.
-        if await execute(redis, "GET", prefix + LOCK) == token.encode():
-            await execute(redis, "DEL", prefix + LOCK)
-    return written
+        await Lua(redis, _UNLOCK)(keys=[lock], args=[token])
 
 
 async def _restore(
-    conn: Conn,
+    db: Rows,
     redis: Redis,
     guard: Guard,
     prefix: str,
+    token: str,
     verticals: Mapping[str, Vertical],
     now: datetime,
 ) -> int:
@@ -94,11 +141,13 @@ async def _restore(
         return 0
     names = list(windows)
     starts = [now - timedelta(days=windows[name]) for name in names]
+    after: tuple[datetime, uuid.UUID] = (min(starts), uuid.UUID(int=0))
+    renew = Lua(redis, _RENEW)
     written = 0
-    writes: list[tuple[Arg, ...]] = []
-    async with conn.transaction():  # a server-side cursor lives in a transaction
-        rows = conn.cursor(_KEY_HOLDERS, names, starts, min(starts), prefetch=BATCH)
-        async for row in rows:
+    while True:
+        rows = await db.fetch(_PAGE_SQL, names, starts, *after, PAGE)
+        writes: list[tuple[Arg, ...]] = []
+        for row in rows:
             vertical: str = row["vertical"]
             age_s = (now - row["received_at"]).total_seconds()
             ttl = int(windows[vertical] * 86400 - age_s)
@@ -107,15 +156,11 @@ async def _restore(
             lead_id = str(row["lead_id"])
             keys = guard.dedupe_keys(vertical, row["phone"], row["email"], row["test"])
             writes += [("SET", key, lead_id, "EX", ttl, "NX") for key in keys]
-            if len(writes) >= BATCH:
-                written += await _write(redis, prefix, writes)
-                writes = []
         if writes:
-            written += await _write(redis, prefix, writes)
-    return written
-
-
-async def _write(redis: Redis, prefix: str, writes: list[tuple[Arg, ...]]) -> int:
-    """One pipeline of ``SET NX``; the lock's expiry renewed with it. Returns keys set."""
-    replies = await pipeline(redis, [*writes, ("EXPIRE", prefix + LOCK, LOCK_TTL_S)])
-    return sum(1 for reply in replies[:-1] if reply is not None)
+            replies = await pipeline(redis, writes)
+            written += sum(1 for reply in replies if reply is not None)
+        if not await renew(keys=[prefix + LOCK], args=[token, LOCK_TTL_S]):
+            raise RestoreInterrupted("the restore lock was lost mid-restore")
+        if len(rows) < PAGE:
+            return written
+        after = (rows[-1]["received_at"], rows[-1]["lead_id"])

@@ -57,6 +57,14 @@ end
 return 0
 """
 
+# KEYS[1]: a counter, ARGV: the value Postgres holds, ttl seconds. Raised, never lowered.
+_RAISE_LUA = """
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
+
 # KEYS: counters, ARGV[i]: amount to give back. An expired key stays gone (its period is
 # over) and no counter goes below zero (a rebuild may have reset it meanwhile).
 _RELEASE_LUA = """
@@ -251,11 +259,15 @@ class CapStore:
             for (limit, _, _), v in zip(slots, values, strict=True)
         }
 
-    async def rebuild(self, conn: Conn, targets: Sequence[Target], now: datetime) -> int:
+    async def rebuild(
+        self, conn: Conn, targets: Sequence[Target], now: datetime, *, only_raise: bool = False
+    ) -> int:
         """Reset the current periods' counters from Postgres; returns the keys written.
 
         Run it before traffic (or with traffic stopped): it overwrites, so a reservation
-        taken between the query and the write would be lost.
+        taken between the query and the write would be lost. With ``only_raise`` (a Redis
+        that lost its data under traffic) a counter is only ever raised to what Postgres
+        holds, so the reservations taken since the loss are kept when they count more.
         """
         capped = [t for t in targets if limits_of(t.campaign.caps)]
         if not capped:
@@ -274,7 +286,11 @@ class CapStore:
         for target in capped:
             for limit, key, ttl in self._current(target, now):
                 leads, cents = totals[(target.campaign.id, limit.period)]
-                writes.append(("SET", key, cents if limit.spend else leads, "EX", ttl))
+                value = cents if limit.spend else leads
+                if only_raise:
+                    writes.append(("EVAL", _RAISE_LUA, 1, key, value, ttl))
+                else:
+                    writes.append(("SET", key, value, "EX", ttl))
         await pipeline(self._redis, writes)
         return len(writes)
 

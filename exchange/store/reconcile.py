@@ -1,8 +1,9 @@
 """Rebuild what Redis holds from Postgres, the truth: cap counters (``exchange
-reconcile-caps``) and dedupe keys (``exchange restore-dedupe``)."""
+reconcile-caps``) and dedupe keys (``exchange restore-redis``)."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 import asyncpg
@@ -28,16 +29,21 @@ async def reconcile_caps(settings: AppSettings, catalog: Catalog) -> int:
         await redis.aclose()
 
 
-async def restore_dedupe_keys(settings: AppSettings, catalog: Catalog) -> int | None:
-    """``exchange restore-dedupe``: the keys written, or None when a worker is restoring."""
+async def restore_redis(settings: AppSettings, catalog: Catalog) -> int | None:
+    """``exchange restore-redis``: cap counters raised to what Postgres holds, then the
+    dedupe keys restored; the keys written, or None when a worker is restoring now."""
     assert settings.database_url and settings.redis_url
     redis = lane_client(settings.redis_url)
     conn = await asyncpg.connect(settings.database_url)
     try:
         prefix = settings.redis_prefix
-        guard = Guard(redis, prefix)
         now = datetime.now(UTC)
-        return await restore_dedupe(conn, redis, guard, prefix, catalog.verticals, now)
+        targets = list(catalog.targets.values())
+        caps = functools.partial(
+            CapStore(redis, prefix).rebuild, conn, targets, now, only_raise=True
+        )
+        guard = Guard(redis, prefix)
+        return await restore_dedupe(conn, redis, guard, prefix, catalog.verticals, now, caps)
     finally:
         await conn.close()
         await redis.aclose()

@@ -19,11 +19,18 @@ import redis.asyncio as aioredis
 from exchange.catalog import Catalog
 from exchange.catalog.models import Vertical
 from exchange.intake.guard import Guard
-from exchange.intake.restore import LOCK, MARK, restore_dedupe, restore_needed
+from exchange.intake.restore import (
+    LOCK,
+    MARK,
+    PAGE,
+    RestoreInterrupted,
+    restore_dedupe,
+    restore_needed,
+)
+from exchange.routing.caps import CapStore
 from exchange.store.db import Conn, create_pool
 
 ROOT = Path(__file__).resolve().parents[2]
-NOW = datetime.now(UTC)
 DAY = 86_400
 
 
@@ -46,6 +53,7 @@ async def _lead(
     days_ago: float = 1.0,
     vertical: str = "auto",
     test: bool = False,
+    now: datetime | None = None,
 ) -> str:
     lead_id = uuid.uuid4()
     await pg.execute(
@@ -56,7 +64,7 @@ async def _lead(
         vertical,
         test,
         status,
-        NOW - timedelta(days=days_ago),
+        (now or datetime.now(UTC)) - timedelta(days=days_ago),
         phone,
         email,
     )
@@ -105,7 +113,7 @@ async def test_keys_come_back_for_the_leads_that_took_them_with_what_is_left_of_
 
     assert await restore_needed(redis_client, redis_prefix)
     written = await restore_dedupe(
-        pg, redis_client, guard, redis_prefix, _verticals(auto=30, solar=0), NOW
+        pg, redis_client, guard, redis_prefix, _verticals(auto=30, solar=0), datetime.now(UTC)
     )
 
     assert written == 6  # sold (phone, email), unsold, pending, test, older
@@ -133,7 +141,9 @@ async def test_keys_come_back_for_the_leads_that_took_them_with_what_is_left_of_
     assert not await restore_needed(redis_client, redis_prefix)
     assert not await redis_client.exists(redis_prefix + LOCK)
     # Safe to run again: every key is there, nothing is overwritten.
-    again = await restore_dedupe(pg, redis_client, guard, redis_prefix, _verticals(auto=30), NOW)
+    again = await restore_dedupe(
+        pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+    )
     assert again == 0
 
 
@@ -144,7 +154,9 @@ async def test_a_restore_in_progress_elsewhere_is_not_run_twice(
     await _lead(pg, phone="+14155550111")
     await redis_client.set(redis_prefix + LOCK, "another-worker", ex=60)
     assert (
-        await restore_dedupe(pg, redis_client, guard, redis_prefix, _verticals(auto=30), NOW)
+        await restore_dedupe(
+            pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+        )
         is None
     )
     assert await _held(redis_client, guard, phone="+14155550111", vertical="auto", test=False) == [
@@ -160,8 +172,66 @@ async def test_a_failed_restore_leaves_no_marker_and_frees_its_lock(
     guard = Guard(redis_client, redis_prefix)
     await pg.execute("DROP TABLE leads CASCADE")  # Postgres cannot answer the read
     with pytest.raises(asyncpg.UndefinedTableError):
-        await restore_dedupe(pg, redis_client, guard, redis_prefix, _verticals(auto=30), NOW)
+        await restore_dedupe(
+            pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+        )
     assert await restore_needed(redis_client, redis_prefix)  # the next check tries again
+    assert not await redis_client.exists(redis_prefix + LOCK)
+
+
+async def test_pages_cover_a_window_larger_than_a_page_with_ties_across_its_edge(
+    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """More leads than a page, all received in the same microsecond: the keyset on
+    (received_at, lead_id) must neither skip nor repeat one at the page's edge."""
+    await pg.execute(
+        """INSERT INTO leads (lead_id, publisher_id, vertical, status, received_at, phone)
+           SELECT gen_random_uuid(), 'pub-1', 'auto', 'sold', now() - interval '1 day',
+                  '+1415' || lpad(i::text, 7, '0')
+           FROM generate_series(1, $1::int) AS i""",
+        PAGE + 7,
+    )
+    guard = Guard(redis_client, redis_prefix)
+    written = await restore_dedupe(
+        pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+    )
+    assert written == PAGE + 7
+    keys = [k async for k in redis_client.scan_iter(match=f"{redis_prefix}dd:*", count=1000)]
+    assert len(keys) == PAGE + 7
+
+
+class _LosesRedisAfterAPage:
+    """Reads pages from Postgres; after the first, Redis loses everything under the prefix."""
+
+    def __init__(self, pg: Conn, redis: aioredis.Redis, prefix: str) -> None:
+        self.pg, self.redis, self.prefix, self.pages = pg, redis, prefix, 0
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        self.pages += 1
+        if self.pages == 2:
+            gone = [k async for k in self.redis.scan_iter(match=f"{self.prefix}*", count=1000)]
+            await self.redis.delete(*gone)
+        return list(await self.pg.fetch(query, *args))
+
+
+async def test_a_redis_lost_again_mid_restore_is_not_marked_restored(
+    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    await pg.execute(
+        """INSERT INTO leads (lead_id, publisher_id, vertical, status, received_at, phone)
+           SELECT gen_random_uuid(), 'pub-1', 'auto', 'sold', now() - make_interval(secs => i),
+                  '+1415' || lpad(i::text, 7, '0')
+           FROM generate_series(1, $1::int) AS i""",
+        PAGE + 1,
+    )
+    rows = _LosesRedisAfterAPage(pg, redis_client, redis_prefix)
+    guard = Guard(redis_client, redis_prefix)
+    with pytest.raises(RestoreInterrupted):
+        await restore_dedupe(
+            rows, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+        )
+    assert rows.pages == 2
+    assert await restore_needed(redis_client, redis_prefix)  # the next check starts over
     assert not await redis_client.exists(redis_prefix + LOCK)
 
 
@@ -172,6 +242,15 @@ async def test_the_command_restores_from_the_configured_database(
     days = catalog.verticals["auto_insurance"].dedupe_days
     assert days > 2
     lead_id = await _lead(pg, phone="+14155550112", vertical="auto_insurance", days_ago=2)
+    sold_today = await _lead(pg, phone=None, vertical="auto_insurance", days_ago=0)
+    await pg.execute(
+        """INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id,
+               price_cents, payout_cents) VALUES ($1, 'pub-1', 'auto_insurance', 'acme',
+               'acme-auto-west', 1500, 0)""",
+        uuid.UUID(sold_today),
+    )
+    target = catalog.targets["acme-auto-west"]  # a daily cap and a daily budget
+    caps = CapStore(redis_client, redis_prefix)
     env = {
         **os.environ,
         "EXCHANGE_DATABASE_URL": pg_dsn,
@@ -179,7 +258,7 @@ async def test_the_command_restores_from_the_configured_database(
         "EXCHANGE_REDIS_PREFIX": redis_prefix,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "exchange.cli", "restore-dedupe", "--config", str(ROOT / "config")],
+        [sys.executable, "-m", "exchange.cli", "restore-redis", "--config", str(ROOT / "config")],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -194,3 +273,29 @@ async def test_the_command_restores_from_the_configured_database(
     )
     assert holder == lead_id and _about(ttl, (days - 2) * DAY)
     assert await redis_client.get(redis_prefix + MARK) is not None
+    usage = await caps.usage(target, datetime.now(UTC))
+    assert usage["daily"][0] == 1 and usage["daily_budget"][0] == 1500  # raised from 0
+
+
+async def test_cap_counters_are_raised_to_what_postgres_holds_never_lowered(
+    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    target = Catalog.load(ROOT / "config").targets["acme-auto-west"]
+    for _ in range(2):
+        lead_id = await _lead(pg, phone=None, vertical="auto_insurance", days_ago=0)
+        await pg.execute(
+            """INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id,
+                   price_cents, payout_cents) VALUES ($1, 'pub-1', 'auto_insurance', 'acme',
+                   'acme-auto-west', 1000, 0)""",
+            uuid.UUID(lead_id),
+        )
+    caps = CapStore(redis_client, redis_prefix)
+    now = datetime.now(UTC)
+    # Since the loss, three reservations (two saved above, one still posting): they count.
+    for _ in range(3):
+        assert await caps.reserve(target, 1000, now) is not None
+    await caps.rebuild(pg, [target], now, only_raise=True)
+    assert (await caps.usage(target, now))["daily"][0] == 3  # not lowered to Postgres's 2
+    await redis_client.delete(*[k async for k in redis_client.scan_iter(f"{redis_prefix}cap:*")])
+    await caps.rebuild(pg, [target], now, only_raise=True)
+    assert (await caps.usage(target, now))["daily"][0] == 2  # raised from nothing
