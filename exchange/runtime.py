@@ -22,7 +22,12 @@ from exchange.catalog import Catalog, ConfigError, Target, load_config_texts, re
 from exchange.catalog.channel import ConfigChannel
 from exchange.intake.admission import Admission
 from exchange.intake.guard import Guard
-from exchange.intake.restore import RestoreInterrupted, restore_dedupe, restore_needed
+from exchange.intake.restore import (
+    RestoreInterrupted,
+    check_eviction,
+    restore_dedupe,
+    restore_needed,
+)
 from exchange.observability import record
 from exchange.routing.caps import CapStore
 from exchange.routing.geo import warm as warm_geo
@@ -97,6 +102,9 @@ class Runtime:
                 targets = list(catalog.targets.values())
                 written = await caps.rebuild(conn, targets, datetime.now(UTC))
             log.info("cap counters rebuilt from Postgres", extra={"keys": written})
+        risk = await check_eviction(lane)
+        if risk is not None:
+            log.warning(risk)
         # Not before the phone and email keys are back: a lead served sooner could be a
         # duplicate sold as new. Later losses (Redis restarted under us) are watched for.
         await rt.restore_redis_if_lost(wait=True)

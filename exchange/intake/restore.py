@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from exchange.catalog.models import Vertical
 from exchange.intake.guard import Guard
@@ -89,6 +90,42 @@ class Rows(Protocol):
 class RestoreInterrupted(Exception):
     """The lock was lost mid-restore (Redis lost its data again, or the lock expired):
     no marker was set, so the next check restores again."""
+
+
+def eviction_risk(policy: str, maxmemory: int) -> str | None:
+    """Why this Redis may drop our keys on its own, or None. Every cap counter and dedupe
+    key has an expiry, so even the ``volatile-*`` policies evict them; an evicted key is
+    not a loss the marker shows (a cap would count from zero, a duplicate pass as new)."""
+    if maxmemory == 0 or policy == "noeviction":
+        return None
+    return (
+        f"Redis evicts keys when full (maxmemory-policy {policy}, maxmemory {maxmemory}):"
+        " cap counters and dedupe keys can vanish; set maxmemory-policy noeviction"
+    )
+
+
+async def check_eviction(redis: Redis) -> str | None:
+    """:func:`eviction_risk` of the server's settings; None if it will not say (managed
+    services often refuse ``CONFIG``)."""
+    settings = await eviction_settings(redis)
+    return None if settings is None else eviction_risk(*settings)
+
+
+async def eviction_settings(redis: Redis) -> tuple[str, int] | None:
+    """The server's ``maxmemory-policy`` and ``maxmemory``, or None if ``CONFIG`` is refused."""
+    try:
+        policy = await execute(redis, "CONFIG", "GET", "maxmemory-policy")
+        maxmemory = await execute(redis, "CONFIG", "GET", "maxmemory")
+    except ResponseError:
+        return None
+    return _config_value(policy), int(_config_value(maxmemory) or 0)
+
+
+def _config_value(reply: Any) -> str:
+    """``CONFIG GET``'s one value: a pair list under RESP2, a map under RESP3."""
+    values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1::2]
+    value = values[0] if values else ""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def restore_needed(redis: Redis, prefix: str) -> bool:

@@ -24,11 +24,15 @@ from exchange.intake.restore import (
     MARK,
     PAGE,
     RestoreInterrupted,
+    check_eviction,
+    eviction_risk,
+    eviction_settings,
     restore_dedupe,
     restore_needed,
 )
 from exchange.routing.caps import CapStore
 from exchange.store.db import Conn, create_pool
+from exchange.store.redis_lane import lane_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400
@@ -299,3 +303,35 @@ async def test_cap_counters_are_raised_to_what_postgres_holds_never_lowered(
     await redis_client.delete(*[k async for k in redis_client.scan_iter(f"{redis_prefix}cap:*")])
     await caps.rebuild(pg, [target], now, only_raise=True)
     assert (await caps.usage(target, now))["daily"][0] == 2  # raised from nothing
+
+
+@pytest.mark.parametrize(
+    ("policy", "maxmemory", "warned"),
+    [
+        ("noeviction", 0, False),
+        ("noeviction", 1 << 30, False),
+        ("allkeys-lru", 0, False),  # no memory limit: nothing is ever evicted
+        ("allkeys-lru", 1 << 30, True),
+        ("volatile-ttl", 1 << 30, True),  # every key of ours has an expiry
+    ],
+)
+def test_a_redis_that_evicts_keys_is_named_a_risk(
+    policy: str, maxmemory: int, warned: bool
+) -> None:
+    risk = eviction_risk(policy, maxmemory)
+    assert (risk is not None) == warned
+    if risk is not None:
+        assert policy in risk and "noeviction" in risk
+
+
+async def test_this_machines_redis_settings_are_read_as_redis_py_reads_them(
+    redis_url: str,
+) -> None:
+    redis = lane_client(redis_url)
+    try:
+        policy = str((await redis.config_get("maxmemory-policy"))["maxmemory-policy"])
+        maxmemory = int(str((await redis.config_get("maxmemory"))["maxmemory"]))
+        assert await eviction_settings(redis) == (policy, maxmemory)
+        assert await check_eviction(redis) == eviction_risk(policy, maxmemory)
+    finally:
+        await redis.aclose()
