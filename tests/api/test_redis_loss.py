@@ -4,10 +4,11 @@ duplicate of the one Postgres holds, whether the exchange restarts or keeps runn
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
-from exchange.intake.restore import MARK
+from exchange.intake.restore import LOCK, MARK
 from tests.api.conftest import Market, OpenMarket
 from tests.kit.buyers import Buyer
 from tests.kit.exchange import buyer_entry, campaign, lead_body, make_config, start_exchange
@@ -86,3 +87,30 @@ async def test_a_redis_emptied_under_a_running_exchange_still_holds_the_daily_ca
     assert [a["status"] for a in answers] == ["sold", "unsold"], answers
     assert m.posts_seen() == {"acme": 2}
     assert await count_rows(m.pg_dsn, "sales") == 2
+
+
+async def test_a_starting_exchange_waits_out_another_workers_restore_before_it_serves(
+    market: OpenMarket, redis_url: str
+) -> None:
+    """Redis lost, and another worker holds the restore lock but dies before it ends: this
+    one starts serving only after the lock expired and it restored the keys itself."""
+    buyers = _buyers()
+    m = await market(*buyers)
+    body = lead_body()
+    first = (await m.ex.submit(body)).json()
+    assert first["status"] == "sold"
+    await m.ex.close()
+    await _lose_redis(m)
+    await m.redis.set(m.redis_prefix + LOCK, "a-worker-that-died", ex=2)
+
+    started = time.monotonic()
+    config = make_config([buyer_entry(b) for b in buyers])
+    again = await start_exchange(config, m.pg_dsn, redis_url, m.redis_prefix)
+    try:
+        waited_s = time.monotonic() - started
+        later = (await again.submit(_same_consumer(body))).json()
+    finally:
+        await again.close()
+    assert waited_s >= 1.5, waited_s  # not ready while the lock was held
+    assert await m.redis.exists(m.redis_prefix + MARK)
+    assert later["status"] == "duplicate" and first["lead_id"] in later["reason"], later
