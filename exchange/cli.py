@@ -12,12 +12,6 @@ from pathlib import Path
 from exchange.catalog import Catalog, ConfigError, load_config
 from exchange.settings import AppSettings
 
-# Seconds an idle publisher connection stays open (uvicorn's default is 5). Longer than
-# the idle timeouts of publishers' pools and of load balancers (60 s is common): the one
-# that closes first must be the client, or a lead sent as the server closes the
-# connection fails in a way a POST cannot safely retry.
-KEEP_ALIVE_S = 75
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="exchange", description="A ping-post lead exchange.")
@@ -171,7 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=10,
         backlog=4096,
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     return 0
 

@@ -27,6 +27,11 @@ class AppSettings(BaseSettings):
     db_pool_min: int = Field(8, ge=1)
     db_pool_max: int = Field(20, ge=1)
     idempotency_days: int = Field(30, ge=1, le=3650)
+    # Seconds an idle publisher connection stays open (uvicorn's default is 5). Longer than
+    # the idle timeouts of publishers' pools and of load balancers (60 s is common): the
+    # side that closes first must be the client, or a lead sent as the server closes the
+    # connection fails in a way a POST cannot safely retry. Raise it above a longer one.
+    keep_alive_s: int = Field(75, ge=1, le=86_400)
     # FastAPI's own OpenTelemetry hooks look the providers up on every request; metrics
     # are Prometheus here, so they stay off unless an operator wires OpenTelemetry in.
     otel: bool = False

@@ -17,7 +17,6 @@ from fastapi import FastAPI
 from exchange.app import create_app
 from exchange.catalog import Catalog
 from exchange.catalog.models import Config
-from exchange.cli import KEEP_ALIVE_S
 from exchange.runtime import Runtime
 from exchange.settings import AppSettings
 from tests.kit.buyers import Buyer
@@ -218,7 +217,7 @@ async def start_exchange(
             log_config=None,
             access_log=False,
             lifespan="on",
-            timeout_keep_alive=KEEP_ALIVE_S,  # as `exchange serve`: tests may idle 5 s
+            timeout_keep_alive=settings.keep_alive_s,  # as `exchange serve`: tests idle 5 s
         )
     )
     task = asyncio.create_task(server.serve())
