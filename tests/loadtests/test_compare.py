@@ -65,8 +65,10 @@ async def test_before_runs_the_revision_and_after_runs_this_checkout(
     for _, row in rows:
         assert row["statuses"].get("sold", 0) > 0 and row["sold_per_s"] > 0, row
         assert row["cpu_ms_per_lead"] > 0
-        assert row["db_ms_per_lead"] > 0  # every sold lead was saved by a Postgres backend
+        # Reported; a 0.5 s step can fall within one 10 ms CPU tick of a backend: may be 0.
+        assert row["db_ms_per_lead"] >= 0
     assert "| before |" in compare.table(rows, 20.0)
+    assert "Postgres CPU ms/lead" in compare.table(rows, 20.0)
     worktrees = subprocess.run(
         ["git", "-C", str(compare.ROOT), "worktree", "list", "--porcelain"],
         capture_output=True,
