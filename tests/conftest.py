@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from exchange.store.db import migrate
+from exchange.store.db import Conn, create_pool, migrate
 from tests.kit.db import admin_sql, scratch_database, with_db
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,17 @@ async def pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(pg_dsn)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def pg_pooled(pg_dsn: str) -> AsyncIterator[Conn]:
+    """A connection set up as the exchange's are (from its pool: jsonb as Python objects)."""
+    pool = await create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

@@ -33,13 +33,10 @@ async def _wait_for_restore(m: Market) -> None:
     raise AssertionError("the exchange did not restore Redis within 10 s")
 
 
-def _same_consumer(body: dict[str, Any]) -> dict[str, Any]:
-    return {**body, "external_id": f"next-{uuid.uuid4()}"}
-
-
-async def test_a_restarted_exchange_restores_the_dedupe_keys_before_it_serves(
-    market: OpenMarket, redis_url: str
-) -> None:
+async def _sold_then_stopped_and_lost(
+    market: OpenMarket,
+) -> tuple[Market, tuple[Buyer, Buyer], dict[str, Any], dict[str, Any]]:
+    """A market that sold one lead, its exchange stopped, then Redis emptied."""
     buyers = _buyers()
     m = await market(*buyers)
     body = lead_body()
@@ -47,6 +44,17 @@ async def test_a_restarted_exchange_restores_the_dedupe_keys_before_it_serves(
     assert first["status"] == "sold"
     await m.ex.close()
     await _lose_redis(m)
+    return m, buyers, body, first
+
+
+def _same_consumer(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "external_id": f"next-{uuid.uuid4()}"}
+
+
+async def test_a_restarted_exchange_restores_the_dedupe_keys_before_it_serves(
+    market: OpenMarket, redis_url: str
+) -> None:
+    m, buyers, body, first = await _sold_then_stopped_and_lost(market)
 
     config = make_config([buyer_entry(b) for b in buyers])
     again = await start_exchange(config, m.pg_dsn, redis_url, m.redis_prefix)
@@ -94,13 +102,7 @@ async def test_a_starting_exchange_waits_out_another_workers_restore_before_it_s
 ) -> None:
     """Redis lost, and another worker holds the restore lock but dies before it ends: this
     one starts serving only after the lock expired and it restored the keys itself."""
-    buyers = _buyers()
-    m = await market(*buyers)
-    body = lead_body()
-    first = (await m.ex.submit(body)).json()
-    assert first["status"] == "sold"
-    await m.ex.close()
-    await _lose_redis(m)
+    m, buyers, body, first = await _sold_then_stopped_and_lost(market)
     await m.redis.set(m.redis_prefix + LOCK, "a-worker-that-died", ex=2)
 
     started = time.monotonic()

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,25 +30,15 @@ from exchange.intake.restore import (
     restore_needed,
 )
 from exchange.routing.caps import CapStore
-from exchange.store.db import Conn, create_pool
+from exchange.store.db import Conn
 from exchange.store.redis_lane import lane_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400
 
 
-@pytest.fixture
-async def pg(pg_dsn: str) -> AsyncIterator[Conn]:
-    pool = await create_pool(pg_dsn, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            yield conn
-    finally:
-        await pool.close()
-
-
 async def _lead(
-    pg: Conn,
+    pg_pooled: Conn,
     *,
     phone: str | None,
     email: str | None = None,
@@ -60,7 +49,7 @@ async def _lead(
     now: datetime | None = None,
 ) -> str:
     lead_id = uuid.uuid4()
-    await pg.execute(
+    await pg_pooled.execute(
         """INSERT INTO leads (lead_id, publisher_id, vertical, test, status, received_at,
                               phone, email)
            VALUES ($1, 'pub-1', $2, $3, $4, $5, $6, $7)""",
@@ -95,29 +84,34 @@ def _about(ttl: int, seconds: float) -> bool:
 
 
 async def test_keys_come_back_for_the_leads_that_took_them_with_what_is_left_of_the_window(
-    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+    pg_pooled: Conn, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     guard = Guard(redis_client, redis_prefix)
-    sold = await _lead(pg, phone="+14155550101", email="a@example.com", days_ago=10)
-    unsold = await _lead(pg, phone="+14155550102", status="unsold", days_ago=1)
-    pending = await _lead(pg, phone="+14155550103", status="pending", days_ago=2)
+    sold = await _lead(pg_pooled, phone="+14155550101", email="a@example.com", days_ago=10)
+    unsold = await _lead(pg_pooled, phone="+14155550102", status="unsold", days_ago=1)
+    pending = await _lead(pg_pooled, phone="+14155550103", status="pending", days_ago=2)
     # These never took keys: a duplicate and a lead without consent.
-    await _lead(pg, phone="+14155550104", status="duplicate")
-    await _lead(pg, phone="+14155550105", status="rejected")
-    await _lead(pg, phone="+14155550106", days_ago=31)  # its window has passed
-    test_lead = await _lead(pg, phone="+14155550107", test=True)
-    await _lead(pg, phone="+14155550108", vertical="solar")  # solar: dedupe off
+    await _lead(pg_pooled, phone="+14155550104", status="duplicate")
+    await _lead(pg_pooled, phone="+14155550105", status="rejected")
+    await _lead(pg_pooled, phone="+14155550106", days_ago=31)  # its window has passed
+    test_lead = await _lead(pg_pooled, phone="+14155550107", test=True)
+    await _lead(pg_pooled, phone="+14155550108", vertical="solar")  # solar: dedupe off
     # Two holders of one phone (an earlier loss let the second in): the first keeps it.
-    older = await _lead(pg, phone="+14155550109", days_ago=5)
-    await _lead(pg, phone="+14155550109", days_ago=3)
+    older = await _lead(pg_pooled, phone="+14155550109", days_ago=5)
+    await _lead(pg_pooled, phone="+14155550109", days_ago=3)
     # A live lead took this phone after the loss and before the restore: it stays its.
-    await _lead(pg, phone="+14155550110", days_ago=4)
+    await _lead(pg_pooled, phone="+14155550110", days_ago=4)
     live_key = guard.dedupe_keys("auto", "+14155550110", None, False)[0]
     await redis_client.set(live_key, "live-lead", ex=30 * DAY)
 
     assert await restore_needed(redis_client, redis_prefix)
     written = await restore_dedupe(
-        pg, redis_client, guard, redis_prefix, _verticals(auto=30, solar=0), datetime.now(UTC)
+        pg_pooled,
+        redis_client,
+        guard,
+        redis_prefix,
+        _verticals(auto=30, solar=0),
+        datetime.now(UTC),
     )
 
     assert written == 6  # sold (phone, email), unsold, pending, test, older
@@ -146,20 +140,20 @@ async def test_keys_come_back_for_the_leads_that_took_them_with_what_is_left_of_
     assert not await redis_client.exists(redis_prefix + LOCK)
     # Safe to run again: every key is there, nothing is overwritten.
     again = await restore_dedupe(
-        pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+        pg_pooled, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
     )
     assert again == 0
 
 
 async def test_a_restore_in_progress_elsewhere_is_not_run_twice(
-    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+    pg_pooled: Conn, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     guard = Guard(redis_client, redis_prefix)
-    await _lead(pg, phone="+14155550111")
+    await _lead(pg_pooled, phone="+14155550111")
     await redis_client.set(redis_prefix + LOCK, "another-worker", ex=60)
     assert (
         await restore_dedupe(
-            pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+            pg_pooled, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
         )
         is None
     )
@@ -171,24 +165,24 @@ async def test_a_restore_in_progress_elsewhere_is_not_run_twice(
 
 
 async def test_a_failed_restore_leaves_no_marker_and_frees_its_lock(
-    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+    pg_pooled: Conn, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     guard = Guard(redis_client, redis_prefix)
-    await pg.execute("DROP TABLE leads CASCADE")  # Postgres cannot answer the read
+    await pg_pooled.execute("DROP TABLE leads CASCADE")  # Postgres cannot answer the read
     with pytest.raises(asyncpg.UndefinedTableError):
         await restore_dedupe(
-            pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+            pg_pooled, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
         )
     assert await restore_needed(redis_client, redis_prefix)  # the next check tries again
     assert not await redis_client.exists(redis_prefix + LOCK)
 
 
 async def test_pages_cover_a_window_larger_than_a_page_with_ties_across_its_edge(
-    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+    pg_pooled: Conn, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     """More leads than a page, all received in the same microsecond: the keyset on
     (received_at, lead_id) must neither skip nor repeat one at the page's edge."""
-    await pg.execute(
+    await pg_pooled.execute(
         """INSERT INTO leads (lead_id, publisher_id, vertical, status, received_at, phone)
            SELECT gen_random_uuid(), 'pub-1', 'auto', 'sold', now() - interval '1 day',
                   '+1415' || lpad(i::text, 7, '0')
@@ -197,7 +191,7 @@ async def test_pages_cover_a_window_larger_than_a_page_with_ties_across_its_edge
     )
     guard = Guard(redis_client, redis_prefix)
     written = await restore_dedupe(
-        pg, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
+        pg_pooled, redis_client, guard, redis_prefix, _verticals(auto=30), datetime.now(UTC)
     )
     assert written == PAGE + 7
     keys = [k async for k in redis_client.scan_iter(match=f"{redis_prefix}dd:*", count=1000)]
@@ -207,8 +201,8 @@ async def test_pages_cover_a_window_larger_than_a_page_with_ties_across_its_edge
 class _LosesRedisAfterAPage:
     """Reads pages from Postgres; after the first, Redis loses everything under the prefix."""
 
-    def __init__(self, pg: Conn, redis: aioredis.Redis, prefix: str) -> None:
-        self.pg, self.redis, self.prefix, self.pages = pg, redis, prefix, 0
+    def __init__(self, pg_pooled: Conn, redis: aioredis.Redis, prefix: str) -> None:
+        self.pg, self.redis, self.prefix, self.pages = pg_pooled, redis, prefix, 0
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         self.pages += 1
@@ -219,16 +213,16 @@ class _LosesRedisAfterAPage:
 
 
 async def test_a_redis_lost_again_mid_restore_is_not_marked_restored(
-    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+    pg_pooled: Conn, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    await pg.execute(
+    await pg_pooled.execute(
         """INSERT INTO leads (lead_id, publisher_id, vertical, status, received_at, phone)
            SELECT gen_random_uuid(), 'pub-1', 'auto', 'sold', now() - make_interval(secs => i),
                   '+1415' || lpad(i::text, 7, '0')
            FROM generate_series(1, $1::int) AS i""",
         PAGE + 1,
     )
-    rows = _LosesRedisAfterAPage(pg, redis_client, redis_prefix)
+    rows = _LosesRedisAfterAPage(pg_pooled, redis_client, redis_prefix)
     guard = Guard(redis_client, redis_prefix)
     with pytest.raises(RestoreInterrupted):
         await restore_dedupe(
@@ -240,14 +234,14 @@ async def test_a_redis_lost_again_mid_restore_is_not_marked_restored(
 
 
 async def test_the_command_restores_from_the_configured_database(
-    pg: Conn, pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: aioredis.Redis
+    pg_pooled: Conn, pg_dsn: str, redis_url: str, redis_prefix: str, redis_client: aioredis.Redis
 ) -> None:
     catalog = Catalog.load(ROOT / "config")
     days = catalog.verticals["auto_insurance"].dedupe_days
     assert days > 2
-    lead_id = await _lead(pg, phone="+14155550112", vertical="auto_insurance", days_ago=2)
-    sold_today = await _lead(pg, phone=None, vertical="auto_insurance", days_ago=0)
-    await pg.execute(
+    lead_id = await _lead(pg_pooled, phone="+14155550112", vertical="auto_insurance", days_ago=2)
+    sold_today = await _lead(pg_pooled, phone=None, vertical="auto_insurance", days_ago=0)
+    await pg_pooled.execute(
         """INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id,
                price_cents, payout_cents) VALUES ($1, 'pub-1', 'auto_insurance', 'acme',
                'acme-auto-west', 1500, 0)""",
@@ -282,12 +276,12 @@ async def test_the_command_restores_from_the_configured_database(
 
 
 async def test_cap_counters_are_raised_to_what_postgres_holds_never_lowered(
-    pg: Conn, redis_client: aioredis.Redis, redis_prefix: str
+    pg_pooled: Conn, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     target = Catalog.load(ROOT / "config").targets["acme-auto-west"]
     for _ in range(2):
-        lead_id = await _lead(pg, phone=None, vertical="auto_insurance", days_ago=0)
-        await pg.execute(
+        lead_id = await _lead(pg_pooled, phone=None, vertical="auto_insurance", days_ago=0)
+        await pg_pooled.execute(
             """INSERT INTO sales (lead_id, publisher_id, vertical, buyer_id, campaign_id,
                    price_cents, payout_cents) VALUES ($1, 'pub-1', 'auto_insurance', 'acme',
                    'acme-auto-west', 1000, 0)""",
@@ -298,10 +292,10 @@ async def test_cap_counters_are_raised_to_what_postgres_holds_never_lowered(
     # Since the loss, three reservations (two saved above, one still posting): they count.
     for _ in range(3):
         assert await caps.reserve(target, 1000, now) is not None
-    await caps.rebuild(pg, [target], now, only_raise=True)
+    await caps.rebuild(pg_pooled, [target], now, only_raise=True)
     assert (await caps.usage(target, now))["daily"][0] == 3  # not lowered to Postgres's 2
     await redis_client.delete(*[k async for k in redis_client.scan_iter(f"{redis_prefix}cap:*")])
-    await caps.rebuild(pg, [target], now, only_raise=True)
+    await caps.rebuild(pg_pooled, [target], now, only_raise=True)
     assert (await caps.usage(target, now))["daily"][0] == 2  # raised from nothing
 
 

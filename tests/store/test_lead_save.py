@@ -5,7 +5,6 @@ this atomicity is what keeps them from existing without it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -14,19 +13,8 @@ import pytest
 from exchange.auction.outcome import CampaignResult, Outcome, PostResult, SaleResult
 from exchange.auction.types import Reason
 from exchange.intake.lead import Lead
-from exchange.store.db import Conn, create_pool
+from exchange.store.db import Conn
 from exchange.store.leads import save_lead
-
-
-@pytest.fixture
-async def pg(pg_dsn: str) -> AsyncIterator[Conn]:
-    """A connection set up as the exchange's are (jsonb codec)."""
-    pool = await create_pool(pg_dsn, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            yield conn
-    finally:
-        await pool.close()
 
 
 def _lead(external_id: str, lead_id: str | None = None) -> Lead:
@@ -60,25 +48,25 @@ def _sold(buyers: tuple[str, ...] = ("acme", "bolt")) -> Outcome:
     return Outcome("sold", campaigns=camps, posts=posts, sales=sales)
 
 
-async def _rows(pg: Conn, lead_id: str) -> dict[str, int]:
+async def _rows(pg_pooled: Conn, lead_id: str) -> dict[str, int]:
     key = uuid.UUID(lead_id)
     return {
-        table: await pg.fetchval(f"SELECT count(*) FROM {table} WHERE lead_id = $1", key)
+        table: await pg_pooled.fetchval(f"SELECT count(*) FROM {table} WHERE lead_id = $1", key)
         for table in ("leads", "pings", "posts", "sales", "ledger")
     }
 
 
-async def test_a_sold_lead_lands_with_every_row_of_its_story(pg: Conn) -> None:
+async def test_a_sold_lead_lands_with_every_row_of_its_story(pg_pooled: Conn) -> None:
     lead = _lead("ext-1")
-    await save_lead(pg, lead, _sold(), exclusive=False, duration_ms=4, answer={})
-    assert await _rows(pg, lead.lead_id) == {
+    await save_lead(pg_pooled, lead, _sold(), exclusive=False, duration_ms=4, answer={})
+    assert await _rows(pg_pooled, lead.lead_id) == {
         "leads": 1,
         "pings": 2,
         "posts": 2,
         "sales": 2,
         "ledger": 6,  # buyer charge, publisher payout, exchange margin per sale
     }
-    ledger = await pg.fetchval(
+    ledger = await pg_pooled.fetchval(
         "SELECT sum(amount_cents) FROM ledger WHERE lead_id = $1", uuid.UUID(lead.lead_id)
     )
     assert ledger == 0
@@ -91,29 +79,31 @@ async def test_a_sold_lead_lands_with_every_row_of_its_story(pg: Conn) -> None:
         "an exclusive lead sold to two buyers",  # the sales part of the statement fails
     ],
 )
-async def test_a_failed_save_leaves_no_row_of_the_lead(pg: Conn, why: str) -> None:
+async def test_a_failed_save_leaves_no_row_of_the_lead(pg_pooled: Conn, why: str) -> None:
     first = _lead("ext-1")
-    await save_lead(pg, first, _sold(("acme",)), exclusive=True, duration_ms=4, answer={})
+    await save_lead(pg_pooled, first, _sold(("acme",)), exclusive=True, duration_ms=4, answer={})
     second = _lead("ext-1" if why == "the same external id" else "ext-2")
     with pytest.raises(asyncpg.UniqueViolationError):
-        await save_lead(pg, second, _sold(), exclusive=True, duration_ms=4, answer={})
-    assert await _rows(pg, second.lead_id) == dict.fromkeys(
+        await save_lead(pg_pooled, second, _sold(), exclusive=True, duration_ms=4, answer={})
+    assert await _rows(pg_pooled, second.lead_id) == dict.fromkeys(
         ("leads", "pings", "posts", "sales", "ledger"), 0
     )
     # The first lead's story is untouched.
-    assert (await _rows(pg, first.lead_id))["pings"] == 1
+    assert (await _rows(pg_pooled, first.lead_id))["pings"] == 1
 
 
-async def test_ping_rows_keep_the_index_reports_read_and_money_keeps_its_keys(pg: Conn) -> None:
+async def test_ping_rows_keep_the_index_reports_read_and_money_keeps_its_keys(
+    pg_pooled: Conn,
+) -> None:
     """What migration 0005 took away, and what it kept: the money's foreign keys."""
     indexes = {
         r["indexname"]
-        for r in await pg.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'pings'")
+        for r in await pg_pooled.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'pings'")
     }
     assert indexes == {"pings_pkey", "pings_lead"}
     fks = {
         (r["table"], r["target"])
-        for r in await pg.fetch(
+        for r in await pg_pooled.fetch(
             """SELECT conrelid::regclass::text AS table, confrelid::regclass::text AS target
                FROM pg_constraint WHERE contype = 'f'"""
         )
