@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +29,7 @@ from exchange.intake.restore import (
 from exchange.routing.caps import CapStore
 from exchange.store.db import Conn
 from exchange.store.redis_lane import lane_client
+from tests.kit.procs import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400
@@ -249,19 +247,13 @@ async def test_the_command_restores_from_the_configured_database(
     )
     target = catalog.targets["acme-auto-west"]  # a daily cap and a daily budget
     caps = CapStore(redis_client, redis_prefix)
-    env = {
-        **os.environ,
-        "EXCHANGE_DATABASE_URL": pg_dsn,
-        "EXCHANGE_REDIS_URL": redis_url,
-        "EXCHANGE_REDIS_PREFIX": redis_prefix,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "exchange.cli", "restore-redis", "--config", str(ROOT / "config")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_cli(
+        "restore-redis",
+        "--config",
+        str(ROOT / "config"),
+        database_url=pg_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
     )
     assert done.returncode == 0, done.stderr
     assert "1 key(s) written" in done.stdout

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+
+from exchange.intake.lead import Lead
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,23 @@ def assert_ledger_balanced(record: LeadRecord) -> None:
         assert sum(r["amount_cents"] for r in rows) == 0
     assert len(record.ledger) == 3 * len(record.sales)
     assert record.lead["payout_cents"] == sum(s["payout_cents"] for s in record.sales)
+
+
+def stored_lead(external_id: str) -> Lead:
+    """A parsed lead as the store receives it, for tests of the repository functions."""
+    return Lead(
+        lead_id=str(uuid.uuid4()),
+        publisher_id="pub-1",
+        vertical="auto",
+        external_id=external_id,
+        idempotency_key=None,
+        test=False,
+        received_at=datetime.now(UTC),
+        phone="+14155550100",
+        email=None,
+        state="CA",
+        zip5="94105",
+        contact={"phone": "+14155550100"},
+        profile={},
+        ping_profile={},
+    )

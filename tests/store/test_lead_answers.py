@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 import asyncpg
 
 from exchange.auction.outcome import Outcome
-from exchange.intake.lead import Lead
 from exchange.store.db import create_pool
 from exchange.store.leads import answer_of, find_answer, save_lead
-
-
-def _lead(external_id: str) -> Lead:
-    return Lead(
-        lead_id=str(uuid.uuid4()),
-        publisher_id="pub-1",
-        vertical="auto",
-        external_id=external_id,
-        idempotency_key=None,
-        test=False,
-        received_at=datetime.now(UTC),
-        phone="+14155550100",
-        email=None,
-        state="CA",
-        zip5="94105",
-        contact={"phone": "+14155550100"},
-        profile={},
-        ping_profile={},
-    )
+from tests.kit.records import stored_lead
 
 
 async def test_the_answer_comes_back_as_sent_and_outlives_a_status_change(pg_dsn: str) -> None:
     pool = await create_pool(pg_dsn, min_size=1, max_size=1)
     try:
-        lead = _lead("ext-1")
+        lead = stored_lead("ext-1")
         # Key order as the publisher saw it (jsonb would sort the keys).
         sent = {"lead_id": lead.lead_id, "status": "pending", "payout": "0.00", "reason": "r"}
         async with pool.acquire() as conn:

@@ -5,35 +5,15 @@ this atomicity is what keeps them from existing without it."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from exchange.auction.outcome import CampaignResult, Outcome, PostResult, SaleResult
 from exchange.auction.types import Reason
-from exchange.intake.lead import Lead
 from exchange.store.db import Conn
 from exchange.store.leads import save_lead
-
-
-def _lead(external_id: str, lead_id: str | None = None) -> Lead:
-    return Lead(
-        lead_id=lead_id or str(uuid.uuid4()),
-        publisher_id="pub-1",
-        vertical="auto",
-        external_id=external_id,
-        idempotency_key=None,
-        test=False,
-        received_at=datetime.now(UTC),
-        phone="+14155550100",
-        email=None,
-        state="CA",
-        zip5="94105",
-        contact={"phone": "+14155550100"},
-        profile={},
-        ping_profile={},
-    )
+from tests.kit.records import stored_lead
 
 
 def _sold(buyers: tuple[str, ...] = ("acme", "bolt")) -> Outcome:
@@ -57,7 +37,7 @@ async def _rows(pg_pooled: Conn, lead_id: str) -> dict[str, int]:
 
 
 async def test_a_sold_lead_lands_with_every_row_of_its_story(pg_pooled: Conn) -> None:
-    lead = _lead("ext-1")
+    lead = stored_lead("ext-1")
     await save_lead(pg_pooled, lead, _sold(), exclusive=False, duration_ms=4, answer={})
     assert await _rows(pg_pooled, lead.lead_id) == {
         "leads": 1,
@@ -80,9 +60,9 @@ async def test_a_sold_lead_lands_with_every_row_of_its_story(pg_pooled: Conn) ->
     ],
 )
 async def test_a_failed_save_leaves_no_row_of_the_lead(pg_pooled: Conn, why: str) -> None:
-    first = _lead("ext-1")
+    first = stored_lead("ext-1")
     await save_lead(pg_pooled, first, _sold(("acme",)), exclusive=True, duration_ms=4, answer={})
-    second = _lead("ext-1" if why == "the same external id" else "ext-2")
+    second = stored_lead("ext-1" if why == "the same external id" else "ext-2")
     with pytest.raises(asyncpg.UniqueViolationError):
         await save_lead(pg_pooled, second, _sold(), exclusive=True, duration_ms=4, answer={})
     assert await _rows(pg_pooled, second.lead_id) == dict.fromkeys(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +11,7 @@ import redis.asyncio as aioredis
 
 from exchange.catalog import Catalog
 from exchange.routing.caps import CapStore
+from tests.kit.procs import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,19 +39,13 @@ async def test_reconcile_caps_sets_counters_from_postgres(
             )
     finally:
         await conn.close()
-    env = {
-        **os.environ,
-        "EXCHANGE_DATABASE_URL": pg_dsn,
-        "EXCHANGE_REDIS_URL": redis_url,
-        "EXCHANGE_REDIS_PREFIX": redis_prefix,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "exchange.cli", "reconcile-caps", "--config", str(ROOT / "config")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_cli(
+        "reconcile-caps",
+        "--config",
+        str(ROOT / "config"),
+        database_url=pg_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
     )
     assert done.returncode == 0, done.stderr
     assert "key(s) written" in done.stdout
